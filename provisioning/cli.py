@@ -1,0 +1,311 @@
+"""The `sandbox-host` command line: a thin layer over the provisioning modules."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import config as config_mod
+from .config import ConfigError, Settings
+from .executor_client import ExecutorError
+from .hostinfo import DockerUnavailable, docker_client
+from .image import DEFAULT_MIRROR, DEFAULT_SUITE, ImageBuilder, ImageError
+from .launcher import SessionError, SessionManager
+from .mounts import StrategyError
+from .storage import SessionStorage, StorageError
+from .validation import ValidationError, parse_s3fs_option_list
+
+EXIT_USAGE = 2
+
+
+def _settings(args: argparse.Namespace) -> Settings:
+    flags: dict[str, Any] = {
+        "s3_endpoint": args.endpoint,
+        "bucket": args.bucket,
+        "image": args.image,
+        "network": getattr(args, "network", None),
+        "state_dir": args.state_dir,
+        "memory": getattr(args, "memory", None),
+        "cpus": getattr(args, "cpus", None),
+        "pids_limit": getattr(args, "pids_limit", None),
+    }
+    if getattr(args, "s3fs_option", None):
+        flags["s3fs_options"] = parse_s3fs_option_list(args.s3fs_option)
+    return config_mod.load(flags, config_file=args.config)
+
+
+def _print_json(data: object) -> None:
+    print(json.dumps(data, indent=2, sort_keys=True))
+
+
+# -- doctor --------------------------------------------------------------------------------
+def cmd_doctor(args: argparse.Namespace) -> int:
+    from .doctor import Doctor
+
+    checks = Doctor(_settings(args)).run()
+    if args.json:
+        _print_json({"ok": all(c.ok for c in checks), "checks": [c.to_json() for c in checks]})
+    else:
+        for check in checks:
+            mark = "ok  " if check.ok else "FAIL"
+            print(f"[{mark}] {check.name}: {check.detail}")
+            if not check.ok and check.fix:
+                print(f"       fix: {check.fix}")
+    return 0 if all(c.ok for c in checks) else 1
+
+
+# -- image ---------------------------------------------------------------------------------
+def cmd_image_build(args: argparse.Namespace) -> int:
+    settings = _settings(args)
+    log = (lambda m: None) if args.json else (lambda m: print(f"image: {m}", file=sys.stderr))
+    builder = ImageBuilder(docker_client(timeout=1800), log=log)
+    result = builder.build(
+        settings.image, base_image=args.base_image, offline=args.offline,
+        suite=args.suite, mirror=args.mirror, force=args.force,
+    )
+    if args.json:
+        _print_json(result.__dict__)
+    else:
+        state = "built" if result.built else "up to date"
+        print(f"{result.image} {state} ({result.image_id[:19]}) from {result.base_image}; "
+              f"{result.size_bytes / 1e6:.0f} MB (base {result.base_size_bytes / 1e6:.0f} MB)")
+    return 0
+
+
+# -- sessions ------------------------------------------------------------------------------
+def cmd_session_create(args: argparse.Namespace) -> int:
+    info = SessionManager(_settings(args)).create(args.session_id)
+    if args.json:
+        print(json.dumps(info.to_json(), sort_keys=True))
+    else:
+        print(f"session {info.session_id} ready in {info.launch_seconds:.2f}s (container {info.container_id[:12]})")
+    return 0
+
+
+def cmd_session_exec(args: argparse.Namespace) -> int:
+    command = list(args.command)
+    if command and command[0] == "--":
+        command = command[1:]
+    if not command:
+        print("sandbox-host: error: give the command after --", file=sys.stderr)
+        return EXIT_USAGE
+    stdin = sys.stdin.buffer.read() if args.stdin else b""
+    result = SessionManager(_settings(args)).exec(args.session_id, argv=command, timeout=args.timeout, stdin=stdin)
+    sys.stdout.buffer.write(result.stdout)
+    sys.stdout.buffer.flush()
+    sys.stderr.buffer.write(result.stderr)
+    if result.timed_out:
+        print(f"sandbox-host: command timed out after {args.timeout:g}s", file=sys.stderr)
+    if result.truncated:
+        print("sandbox-host: output truncated", file=sys.stderr)
+    sys.stderr.flush()
+    return result.exit_code
+
+
+def cmd_session_upload(args: argparse.Namespace) -> int:
+    storage = SessionStorage(_settings(args).validated())
+    key = storage.upload(args.session_id, Path(args.file), args.name)
+    print(f"uploaded {args.file} to s3://{storage.settings.bucket}/{key}")
+    return 0
+
+
+def cmd_session_artifacts(args: argparse.Namespace) -> int:
+    storage = SessionStorage(_settings(args).validated())
+    items = storage.list(args.session_id, "uploads" if args.uploads else "artifacts")
+    if args.json:
+        _print_json([{"name": i.name, "key": i.key, "size": i.size} for i in items])
+    else:
+        for item in items:
+            print(f"{item.size:>12}  {item.name}")
+    return 0
+
+
+def cmd_session_download(args: argparse.Namespace) -> int:
+    storage = SessionStorage(_settings(args).validated())
+    if args.output == "-":
+        sys.stdout.buffer.write(storage.get_bytes(args.session_id, "artifacts", args.name))
+        return 0
+    dest = storage.download(args.session_id, args.name, Path(args.output or "."))
+    print(f"downloaded {args.name} to {dest}", file=sys.stderr)
+    return 0
+
+
+def cmd_session_stop(args: argparse.Namespace) -> int:
+    code = SessionManager(_settings(args)).stop(args.session_id, timeout=args.timeout)
+    print(f"session {args.session_id} stopped (entrypoint exit status {code})")
+    return 0 if code in (0, 143) else 1
+
+
+def cmd_session_list(args: argparse.Namespace) -> int:
+    sessions = SessionManager(_settings(args)).list()
+    if args.json:
+        _print_json([s.to_json() for s in sessions])
+    else:
+        for s in sessions:
+            print(f"{s.session_id:<32} {s.status:<10} {s.container_id[:12]}  {s.network:<7} s3://{s.bucket}/{s.prefix}")
+    return 0
+
+
+def cmd_session_health(args: argparse.Namespace) -> int:
+    health = SessionManager(_settings(args)).health(args.session_id)
+    _print_json(health)
+    return 0 if health.get("ok") else 1
+
+
+# -- embedded S3 ---------------------------------------------------------------------------
+def cmd_s3_serve(args: argparse.Namespace) -> int:
+    from .s3server import EmbeddedS3Server, generate_credentials
+
+    credentials = generate_credentials()
+    server = EmbeddedS3Server(credentials, host=args.host, port=args.port)
+    settings = Settings(s3_endpoint=server.endpoint, bucket=args.bucket or config_mod.DEFAULT_BUCKET,
+                        access_key=credentials.access_key, secret_key=credentials.secret_key)
+    if args.write_config:
+        path = Path(args.write_config)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(
+                "# Written by 'sandbox-host s3 serve'; valid while that server runs.\n"
+                f's3_endpoint = "{settings.s3_endpoint}"\n'
+                f'bucket = "{settings.bucket}"\n'
+                f'access_key = "{settings.access_key}"\n'
+                f'secret_key = "{settings.secret_key}"\n'
+            )
+        os.chmod(path, 0o600)
+    server.start()
+    SessionStorage(settings).ensure_bucket()
+    print(f"embedded S3 endpoint on {server.endpoint} (bucket {settings.bucket}); "
+          f"config {'in ' + args.write_config if args.write_config else 'not written'}", flush=True)
+
+    stopping = {"flag": False}
+
+    def on_signal(_signum: int, _frame: object) -> None:
+        stopping["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    while not stopping["flag"]:
+        signal.pause()
+    server.stop()
+    return 0
+
+
+def cmd_s3_ensure_bucket(args: argparse.Namespace) -> int:
+    storage = SessionStorage(_settings(args).validated())
+    created = storage.ensure_bucket()
+    print(f"bucket {storage.settings.bucket} {'created' if created else 'present'}")
+    return 0
+
+
+# -- parser --------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", help="TOML config file (default: $SANDBOX_CONFIG or /etc/sandbox-host/config.toml)")
+    common.add_argument("--endpoint", help="S3 endpoint URL (env SANDBOX_S3_ENDPOINT)")
+    common.add_argument("--bucket", help="bucket for sessions (env SANDBOX_S3_BUCKET)")
+    common.add_argument("--image", help="executor image (env SANDBOX_IMAGE)")
+    common.add_argument("--state-dir", help="host directory for session control sockets (env SANDBOX_STATE_DIR)")
+
+    parser = argparse.ArgumentParser(prog="sandbox-host", description="Launch FUSE-enabled sandbox sessions.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    doctor = sub.add_parser("doctor", parents=[common], help="check that this host is ready")
+    doctor.add_argument("--json", action="store_true")
+    doctor.set_defaults(func=cmd_doctor)
+
+    image = sub.add_parser("image", help="the executor image").add_subparsers(dest="image_command", required=True)
+    build = image.add_parser("build", parents=[common], help="build the executor image")
+    build.add_argument("--base-image", help="base image (default python:3.11-slim, offline Debian base if it cannot be pulled)")
+    build.add_argument("--offline", action="store_true", help="use the offline Debian base (debootstrap + docker import)")
+    build.add_argument("--suite", default=DEFAULT_SUITE, help="Debian suite for the offline base")
+    build.add_argument("--mirror", default=os.environ.get("SANDBOX_DEBIAN_MIRROR", DEFAULT_MIRROR),
+                       help="Debian mirror for the offline base (env SANDBOX_DEBIAN_MIRROR)")
+    build.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
+    build.add_argument("--json", action="store_true")
+    build.set_defaults(func=cmd_image_build)
+
+    session = sub.add_parser("session", help="session containers").add_subparsers(dest="session_command", required=True)
+    create = session.add_parser("create", parents=[common], help="start a session and wait for its workspace")
+    create.add_argument("session_id")
+    create.add_argument("--json", action="store_true")
+    create.add_argument("--network", help="bridge (default), host or none (env SANDBOX_NETWORK)")
+    create.add_argument("--memory", help="memory limit, e.g. 1g")
+    create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
+    create.add_argument("--pids-limit", type=int, help="process limit")
+    create.add_argument("--s3fs-option", action="append", metavar="NAME[=VALUE]",
+                        help="extra s3fs option from the allow-list (repeatable)")
+    create.set_defaults(func=cmd_session_create)
+
+    run = session.add_parser("exec", parents=[common], help="run a command in the session as the sandbox user")
+    run.add_argument("session_id")
+    run.add_argument("--timeout", type=float, default=60.0)
+    run.add_argument("--stdin", action="store_true", help="pass this process's standard input to the command")
+    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.set_defaults(func=cmd_session_exec)
+
+    upload = session.add_parser("upload", parents=[common], help="upload a file to the session's uploads/")
+    upload.add_argument("session_id")
+    upload.add_argument("file")
+    upload.add_argument("--name", help="name under uploads/ (default: the file's name)")
+    upload.set_defaults(func=cmd_session_upload)
+
+    artifacts = session.add_parser("artifacts", parents=[common], help="list the session's artifacts/")
+    artifacts.add_argument("session_id")
+    artifacts.add_argument("--uploads", action="store_true", help="list uploads/ instead")
+    artifacts.add_argument("--json", action="store_true")
+    artifacts.set_defaults(func=cmd_session_artifacts)
+
+    download = session.add_parser("download", parents=[common], help="download an artifact")
+    download.add_argument("session_id")
+    download.add_argument("name")
+    download.add_argument("-o", "--output", help="file or directory (default: .); - for standard output")
+    download.set_defaults(func=cmd_session_download)
+
+    stop = session.add_parser("stop", parents=[common], help="stop gracefully (flush, unmount), then remove")
+    stop.add_argument("session_id")
+    stop.add_argument("--timeout", type=int, default=30)
+    stop.set_defaults(func=cmd_session_stop)
+
+    listing = session.add_parser("list", parents=[common], help="list sessions")
+    listing.add_argument("--json", action="store_true")
+    listing.set_defaults(func=cmd_session_list)
+
+    health = session.add_parser("health", parents=[common], help="the executor's health answer")
+    health.add_argument("session_id")
+    health.set_defaults(func=cmd_session_health)
+
+    s3 = sub.add_parser("s3", help="object storage").add_subparsers(dest="s3_command", required=True)
+    serve = s3.add_parser("serve", help="run the embedded S3 endpoint (development and tests; data in memory)")
+    serve.add_argument("--host", default="127.0.0.1")
+    serve.add_argument("--port", type=int, default=9000)
+    serve.add_argument("--bucket")
+    serve.add_argument("--write-config", metavar="PATH", help="write a config file (0600) for the other commands")
+    serve.set_defaults(func=cmd_s3_serve)
+    ensure = s3.add_parser("ensure-bucket", parents=[common], help="create the sessions bucket if missing")
+    ensure.set_defaults(func=cmd_s3_ensure_bucket)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (ValidationError, ConfigError, StrategyError) as exc:
+        print(f"sandbox-host: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except (SessionError, StorageError, ImageError, DockerUnavailable, ExecutorError) as exc:
+        print(f"sandbox-host: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

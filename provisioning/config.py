@@ -1,0 +1,152 @@
+"""Settings: defaults < config file < environment < flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import stat
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import validation
+
+DEFAULT_CONFIG_FILE = Path("/etc/sandbox-host/config.toml")
+DEFAULT_IMAGE = "sandbox-executor:latest"
+DEFAULT_BUCKET = "sandbox-sessions"
+
+
+class ConfigError(ValueError):
+    """The configuration file or a setting in it is unusable."""
+
+
+@dataclass(frozen=True)
+class Credentials:
+    access_key: str
+    secret_key: str = field(repr=False)
+    session_token: str = field(default="", repr=False)
+
+    def __repr__(self) -> str:  # never print secrets, even in tracebacks
+        return f"Credentials(access_key={self.access_key!r}, secret_key=<redacted>)"
+
+
+@dataclass(frozen=True)
+class Settings:
+    s3_endpoint: str = ""
+    bucket: str = DEFAULT_BUCKET
+    region: str = "us-east-1"
+    access_key: str = ""
+    secret_key: str = field(default="", repr=False)
+    session_token: str = field(default="", repr=False)
+    image: str = DEFAULT_IMAGE
+    network: str = "bridge"
+    state_dir: str = "/run/sandbox-host"
+    uid: int = 1000
+    gid: int = 1000
+    memory: str = "1g"
+    cpus: float = 1.0
+    pids_limit: int = 256
+    tmp_size: str = "100m"
+    ready_timeout: float = 30.0
+    s3fs_options: Mapping[str, object] = field(default_factory=dict)
+
+    @property
+    def credentials(self) -> Credentials:
+        return Credentials(
+            validation.credential("AWS_ACCESS_KEY_ID", self.access_key),
+            validation.credential("AWS_SECRET_ACCESS_KEY", self.secret_key),
+            validation.credential("AWS_SESSION_TOKEN", self.session_token, required=False),
+        )
+
+    def validated(self) -> Settings:
+        """Check every field; returns a normalised copy. Raises ValidationError naming the field."""
+        return dataclasses.replace(
+            self,
+            s3_endpoint=validation.endpoint(self.s3_endpoint),
+            bucket=validation.bucket(self.bucket),
+            network=validation.network(self.network),
+            uid=validation.unix_id("uid", self.uid),
+            gid=validation.unix_id("gid", self.gid),
+            memory=validation.memory_size("memory", self.memory),
+            tmp_size=validation.memory_size("tmp size", self.tmp_size),
+            cpus=validation.positive_number("cpus", self.cpus),
+            pids_limit=int(validation.positive_number("pids limit", self.pids_limit)),
+            ready_timeout=validation.positive_number("ready timeout", self.ready_timeout),
+            s3fs_options=validation.s3fs_options(dict(self.s3fs_options)),
+        )
+
+
+ENV_NAMES = {
+    "SANDBOX_S3_ENDPOINT": "s3_endpoint",
+    "SANDBOX_S3_BUCKET": "bucket",
+    "SANDBOX_S3_REGION": "region",
+    "AWS_ACCESS_KEY_ID": "access_key",
+    "AWS_SECRET_ACCESS_KEY": "secret_key",
+    "AWS_SESSION_TOKEN": "session_token",
+    "SANDBOX_IMAGE": "image",
+    "SANDBOX_NETWORK": "network",
+    "SANDBOX_STATE_DIR": "state_dir",
+}
+_FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
+_SECRET_FIELDS = {"secret_key", "session_token"}
+
+
+def _coerce(name: str, value: Any) -> Any:
+    kind = type(_FIELDS[name].default) if name != "s3fs_options" else dict
+    if kind is dict:
+        if isinstance(value, list):
+            return validation.parse_s3fs_option_list([str(v) for v in value])
+        if not isinstance(value, dict):
+            raise ConfigError(f"setting {name} must be a table of s3fs options")
+        return value
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"setting {name} must be a {kind.__name__}, got {value!r}") from None
+
+
+def read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        raw = path.read_bytes()
+        mode = path.stat().st_mode
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
+    unknown = sorted(set(data) - set(_FIELDS))
+    if unknown:
+        raise ConfigError(
+            f"config file {path}: unknown setting(s) {', '.join(unknown)}; known: {', '.join(sorted(_FIELDS))}"
+        )
+    if _SECRET_FIELDS & set(data) and mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(
+            f"config file {path} holds secrets but is readable by others: chmod 600 {path}"
+        )
+    return {k: _coerce(k, v) for k, v in data.items()}
+
+
+def load(
+    flags: Mapping[str, Any] | None = None,
+    *,
+    environ: Mapping[str, str] | None = None,
+    config_file: str | os.PathLike[str] | None = None,
+) -> Settings:
+    """Build Settings. ``flags`` holds only the values the user gave (None means not given)."""
+    environ = os.environ if environ is None else environ
+    values: dict[str, Any] = {}
+    path = config_file or environ.get("SANDBOX_CONFIG")
+    if path:
+        values.update(read_config_file(Path(path)))
+    elif DEFAULT_CONFIG_FILE.is_file():
+        values.update(read_config_file(DEFAULT_CONFIG_FILE))
+    for env_name, name in ENV_NAMES.items():
+        if environ.get(env_name):
+            values[name] = environ[env_name]
+    for name, value in (flags or {}).items():
+        if value is not None:
+            values[name] = value
+    return Settings(**{k: _coerce(k, v) for k, v in values.items()})

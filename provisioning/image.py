@@ -1,0 +1,171 @@
+"""Build the executor image, from a registry base or from an offline Debian base (debootstrap).
+
+One builder for the CLI and the executor_image Ansible role. It rebuilds only when its
+inputs (the executor/ context and the base image) changed: the inputs' digest is a label.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import docker
+import docker.errors
+
+DEFAULT_BASE_IMAGE = "python:3.11-slim"
+DEFAULT_SUITE = "bookworm"
+DEFAULT_MIRROR = "http://deb.debian.org/debian"
+CONTEXT_DIR = Path(__file__).resolve().parent.parent / "executor"
+LABEL_INPUTS = "io.sandbox-host.inputs"
+# What the offline base carries, so the Dockerfile installs nothing and needs no archive.
+DEBIAN_BASE_PACKAGES = ("python3", "s3fs", "ca-certificates")
+# Not needed at run time; removed from the offline base to keep it lean.
+_SLIM_PATHS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+               "usr/share/lintian", "var/cache/apt", "var/lib/apt/lists", "var/log")
+
+
+class ImageError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    image: str
+    image_id: str
+    base_image: str
+    built: bool  # False: the existing image already matched its inputs
+    size_bytes: int
+    base_size_bytes: int
+
+
+def default_cache_dir() -> Path:
+    env = os.environ.get("SANDBOX_CACHE_DIR")
+    if env:
+        return Path(env)
+    if os.geteuid() == 0:
+        return Path("/var/cache/sandbox-host")
+    return Path.home() / ".cache" / "sandbox-host"
+
+
+def _arch() -> str:
+    machine = platform.machine()
+    return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
+
+
+def debian_base_tag(suite: str) -> str:
+    return f"sandbox-host/debian-base:{suite}-{_arch()}"
+
+
+def context_digest(context: Path, base_id: str) -> str:
+    digest = hashlib.sha256(base_id.encode())
+    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(context)).encode() + b"\0")
+        digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+class ImageBuilder:
+    def __init__(self, client: docker.DockerClient, *, context: Path = CONTEXT_DIR,
+                 cache_dir: Path | None = None, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.client = client
+        self.context = context
+        self.cache_dir = cache_dir or default_cache_dir()
+        self.log = log
+
+    # -- base images --------------------------------------------------------------------
+    def _local(self, ref: str) -> docker.models.images.Image | None:
+        try:
+            return self.client.images.get(ref)
+        except docker.errors.ImageNotFound:
+            return None
+
+    def registry_base(self, ref: str) -> docker.models.images.Image | None:
+        image = self._local(ref)
+        if image is not None:
+            return image
+        self.log(f"pulling {ref}")
+        try:
+            return self.client.images.pull(ref)
+        except docker.errors.APIError as exc:
+            self.log(f"cannot pull {ref}: {exc.explanation or exc}")
+            return None
+
+    def debian_base(self, suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR) -> docker.models.images.Image:
+        """The offline base: debootstrap from a Debian archive (or local mirror), cached as a tarball and an image."""
+        tag = debian_base_tag(suite)
+        image = self._local(tag)
+        if image is not None:
+            return image
+        tarball = self.cache_dir / f"debian-{suite}-{_arch()}.tar"
+        if not tarball.is_file():
+            self._debootstrap(suite, mirror, tarball)
+        self.log(f"importing {tarball} as {tag}")
+        repository, _, version = tag.partition(":")
+        self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version)
+        image = self._local(tag)
+        if image is None:
+            raise ImageError(f"docker import of {tarball} did not produce {tag}")
+        return image
+
+    def _debootstrap(self, suite: str, mirror: str, tarball: Path) -> None:
+        if shutil.which("debootstrap") is None:
+            raise ImageError("debootstrap is not installed: apt-get install debootstrap (needed for the offline base)")
+        if os.geteuid() != 0:
+            raise ImageError("building the offline Debian base needs root (debootstrap)")
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="rootfs-") as tmp:
+            rootfs = Path(tmp) / "rootfs"
+            self.log(f"debootstrap {suite} from {mirror} (about a minute)")
+            cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(DEBIAN_BASE_PACKAGES),
+                   suite, str(rootfs), mirror]
+            proc = subprocess.run(cmd, capture_output=True, text=True)
+            if proc.returncode != 0:
+                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                raise ImageError(f"debootstrap {suite} from {mirror} failed: {' | '.join(tail)}")
+            for rel in _SLIM_PATHS:
+                target = rootfs / rel
+                if target.is_dir():
+                    shutil.rmtree(target)
+                    target.mkdir()
+            partial = tarball.with_suffix(".tar.partial")
+            subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(partial), "."], check=True)
+            partial.rename(tarball)
+
+    # -- executor image -----------------------------------------------------------------
+    def build(self, tag: str, *, base_image: str | None = None, offline: bool = False,
+              suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR, force: bool = False) -> BuildResult:
+        """Build ``tag``. Base: ``base_image`` (pulled if missing), else the offline Debian base."""
+        if offline:
+            base = self.debian_base(suite, mirror)
+        else:
+            ref = base_image or DEFAULT_BASE_IMAGE
+            base = self.registry_base(ref)
+            if base is None:
+                if base_image:
+                    raise ImageError(f"base image {ref} is not available locally and cannot be pulled")
+                self.log(f"falling back to the offline Debian base ({suite})")
+                base = self.debian_base(suite, mirror)
+        base_ref = base.tags[0] if base.tags else base.id
+        inputs = context_digest(self.context, base.id)
+        existing = self._local(tag)
+        if existing is not None and not force and existing.labels.get(LABEL_INPUTS) == inputs:
+            self.log(f"{tag} is up to date")
+            return BuildResult(tag, existing.id, base_ref, False, existing.attrs["Size"], base.attrs["Size"])
+        self.log(f"building {tag} from {base_ref}")
+        try:
+            image, _logs = self.client.images.build(
+                path=str(self.context), tag=tag, buildargs={"BASE_IMAGE": base_ref},
+                labels={LABEL_INPUTS: inputs}, rm=True, forcerm=True, pull=False, network_mode="host",
+            )
+        except docker.errors.BuildError as exc:
+            lines = [str(item.get("stream", item.get("error", ""))).strip() for item in exc.build_log]
+            tail = " | ".join(line for line in lines if line)[-600:]
+            raise ImageError(f"building {tag} failed: {exc.msg}: {tail}") from None
+        return BuildResult(tag, image.id, base_ref, True, image.attrs["Size"], base.attrs["Size"])
