@@ -148,11 +148,16 @@ class EmbeddedS3Server:
             raise RuntimeError(
                 "the embedded S3 endpoint needs moto's server: pip install 'sandbox-host[server]'"
             ) from exc
-        from werkzeug.serving import make_server
+        from werkzeug.serving import WSGIRequestHandler, make_server
+
+        class QuietHandler(WSGIRequestHandler):
+            def log_request(self, *args: object, **kwargs: object) -> None:
+                pass
 
         app = create_backend_app("s3")
         self.credentials = credentials
-        self._server = make_server(host, port, SigV4Verifier(app, credentials), threaded=True)
+        self._server = make_server(host, port, SigV4Verifier(app, credentials), threaded=True,
+                                   request_handler=QuietHandler)
         self.host = host
         self.port = int(self._server.server_port)
         self._thread: threading.Thread | None = None

@@ -18,6 +18,7 @@ import argparse
 import base64
 import json
 import os
+import selectors
 import signal
 import socketserver
 import subprocess
@@ -25,11 +26,13 @@ import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler
+from typing import IO
 
 MAX_OUTPUT = 16 * 1024 * 1024
 MAX_REQUEST = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 24 * 3600.0
+EXIT_GRACE = 0.25  # seconds of output still collected after the command exits
 
 
 def _unescape_mountinfo(path: str) -> str:
@@ -71,7 +74,7 @@ class Runner:
     def environment(self) -> dict[str, str]:
         return {
             "PATH": "/usr/local/bin:/usr/bin:/bin",
-            "HOME": self.workspace,
+            "HOME": "/tmp",  # dotfiles and caches stay off the workspace (and out of S3)
             "LANG": "C.UTF-8",
             "PWD": self.workspace,
         }
@@ -88,22 +91,15 @@ class Runner:
                     "duration": time.monotonic() - started, "timed_out": False, "truncated": False}
         with self._lock:
             self._running.add(proc)
-        timed_out = False
         try:
-            try:
-                out, err = proc.communicate(stdin, timeout=timeout)
-            except subprocess.TimeoutExpired:
-                timed_out = True
-                _kill_group(proc, signal.SIGKILL)
-                out, err = proc.communicate()
+            out, err, timed_out, truncated = _collect(proc, stdin, started + timeout)
         finally:
             with self._lock:
                 self._running.discard(proc)
-        truncated = len(out) > MAX_OUTPUT or len(err) > MAX_OUTPUT
         return {
             "exit_code": proc.returncode if not timed_out else 124,
-            "stdout": _b64(out[:MAX_OUTPUT]),
-            "stderr": _b64(err[:MAX_OUTPUT]),
+            "stdout": _b64(bytes(out)),
+            "stderr": _b64(bytes(err)),
             "duration": round(time.monotonic() - started, 6),
             "timed_out": timed_out,
             "truncated": truncated,
@@ -120,6 +116,62 @@ class Runner:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _kill_group(proc, signal.SIGKILL)
+
+
+def _feed(pipe: IO[bytes], data: bytes) -> None:
+    try:
+        pipe.write(data)
+    except OSError:
+        pass
+    finally:
+        try:
+            pipe.close()
+        except OSError:
+            pass
+
+
+def _collect(proc: subprocess.Popen[bytes], stdin: bytes, deadline: float) -> tuple[bytearray, bytearray, bool, bool]:
+    """Read stdout and stderr until the command ends (or the deadline passes).
+
+    A command may leave descendants holding its pipes open; once the command itself has
+    exited, output is collected for a short grace period only, instead of waiting for EOF.
+    """
+    assert proc.stdin and proc.stdout and proc.stderr
+    if stdin:
+        threading.Thread(target=_feed, args=(proc.stdin, stdin), daemon=True).start()
+    else:
+        proc.stdin.close()
+    out, err = bytearray(), bytearray()
+    truncated = timed_out = False
+    selector = selectors.DefaultSelector()
+    selector.register(proc.stdout, selectors.EVENT_READ, out)
+    selector.register(proc.stderr, selectors.EVENT_READ, err)
+    exited_at: float | None = None
+    while selector.get_map():
+        now = time.monotonic()
+        if exited_at is None and proc.poll() is not None:
+            exited_at = now
+        if exited_at is not None and now - exited_at > EXIT_GRACE:
+            break
+        if now >= deadline:
+            timed_out = True
+            _kill_group(proc, signal.SIGKILL)
+            break
+        for key, _events in selector.select(min(deadline - now, 0.1)):
+            chunk = os.read(key.fd, 65536)
+            if not chunk:
+                selector.unregister(key.fileobj)
+                continue
+            buffer: bytearray = key.data
+            room = MAX_OUTPUT - len(buffer)
+            if len(chunk) > room:
+                truncated = True
+            buffer.extend(chunk[:max(room, 0)])
+    selector.close()
+    proc.stdout.close()
+    proc.stderr.close()
+    proc.wait()
+    return out, err, timed_out, truncated
 
 
 def _kill_group(proc: subprocess.Popen[bytes], sig: int) -> None:

@@ -1,0 +1,233 @@
+"""End to end: real dockerd, real s3fs in the executor image, real S3 server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import textwrap
+
+import docker
+import pytest
+
+from provisioning.config import Settings
+from provisioning.executor_client import WorkspaceUnavailable
+from provisioning.launcher import SessionError, SessionExists, SessionManager
+from provisioning.storage import SessionStorage, StorageError
+
+from ..conftest import session_id
+from .conftest import containers_for
+
+
+def run_ok(manager: SessionManager, sid: str, code: str, stdin: bytes = b"") -> str:
+    result = manager.exec(sid, argv=["python3", "-c", textwrap.dedent(code)], timeout=60, stdin=stdin)
+    assert result.exit_code == 0, result.stderr.decode()
+    return result.stdout.decode()
+
+
+def test_upload_exec_artifact_roundtrip(manager: SessionManager, storage: SessionStorage, tmp_path) -> None:
+    sid = session_id()
+    info = manager.create(sid)
+    assert info.session_id == sid and info.status == "running"
+    source = tmp_path / "data.csv"
+    source.write_bytes(b"name,value\nalpha,1\n")
+    storage.upload(sid, source)
+    result = manager.exec(sid, argv=["python3", "-c",
+                                     "open('artifacts/out.txt','w').write(open('uploads/data.csv').read().upper())"])
+    assert result.exit_code == 0, result.stderr
+    assert storage.get_bytes(sid, "artifacts", "out.txt") == b"NAME,VALUE\nALPHA,1\n"
+    assert [a.name for a in storage.list(sid)] == ["out.txt"]
+
+
+def test_exec_passes_exit_code_and_streams(manager: SessionManager) -> None:
+    sid = session_id()
+    manager.create(sid)
+    result = manager.exec(sid, argv=["sh", "-c", "pwd; echo oops >&2; exit 7"])
+    assert (result.exit_code, result.stdout, result.stderr) == (7, b"/workspace\n", b"oops\n")
+    timed = manager.exec(sid, argv=["sleep", "30"], timeout=0.5)
+    assert timed.timed_out and timed.exit_code == 124
+
+
+def test_sandbox_user_has_no_capabilities(manager: SessionManager) -> None:
+    sid = session_id()
+    manager.create(sid)
+    out = json.loads(run_ok(manager, sid, """
+        import json, os
+        status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
+        print(json.dumps({"uid": os.getuid(), "euid": os.geteuid(), "gid": os.getgid(), "groups": os.getgroups(),
+                          "caps": {k: int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
+                          "nnp": status["NoNewPrivs"].strip()}))
+    """))
+    assert (out["uid"], out["euid"], out["gid"]) == (1000, 1000, 1000)
+    assert out["groups"] in ([], [1000])
+    assert out["caps"] == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
+    assert out["nnp"] == "1"
+    umount = manager.exec(sid, argv=["umount", "/workspace"])
+    assert umount.exit_code != 0
+    assert manager.health(sid)["ok"] is True
+
+
+def test_credentials_are_nowhere_readable(manager: SessionManager, settings: Settings,
+                                          docker_engine: docker.DockerClient) -> None:
+    sid = session_id()
+    info = manager.create(sid)
+    secret, key = settings.secret_key, settings.access_key
+    # The secrets go in on stdin, so the search program's own command line does not hold them.
+    found = json.loads(run_ok(manager, sid, """
+        import json, os, sys
+        needles = sys.stdin.buffer.read().split()
+        hits = []
+        if any(n.decode() in v for v in os.environ.values() for n in needles):
+            hits.append("environ")
+        for pid in os.listdir("/proc"):
+            if pid.isdigit():
+                for name in ("environ", "cmdline"):
+                    try:
+                        data = open(f"/proc/{pid}/{name}", "rb").read()
+                    except OSError:
+                        continue
+                    if any(n in data for n in needles):
+                        hits.append(f"/proc/{pid}/{name}")
+        for root, dirs, files in os.walk("/"):
+            if root.startswith(("/proc", "/sys", "/dev")):
+                dirs[:] = []
+                continue
+            for f in files:
+                path = os.path.join(root, f)
+                try:
+                    if os.path.islink(path) or os.path.getsize(path) > 4_000_000:
+                        continue
+                    data = open(path, "rb").read()
+                except OSError:
+                    continue
+                if any(n in data for n in needles):
+                    hits.append(path)
+        print(json.dumps(hits))
+    """, stdin=f"{secret} {key}".encode()))
+    assert found == []
+    # Nor left on the container's disk for root, nor in the container's configuration.
+    container = docker_engine.containers.get(info.container_id)
+    assert container.exec_run(["test", "-e", "/etc/sandbox-host/credentials"]).exit_code == 1
+    assert secret not in json.dumps(container.attrs)
+
+
+def test_other_sessions_are_invisible(manager: SessionManager, storage: SessionStorage) -> None:
+    first, second = session_id(), session_id()
+    manager.create(first)
+    manager.create(second)
+    storage.put_bytes(second, "uploads", "secret-of-second.txt", b"mine")
+    run_ok(manager, second, "open('artifacts/also-second.txt','w').write('x')")
+    seen = json.loads(run_ok(manager, first, """
+        import json, os
+        print(json.dumps([os.path.join(r, f) for r, d, fs in os.walk("/workspace") for f in fs + d]))
+    """))
+    assert sorted(seen) == ["/workspace/artifacts", "/workspace/uploads"]
+    probe = manager.exec(first, argv=["cat", "/workspace/../sessions/" + second + "/uploads/secret-of-second.txt"])
+    assert probe.exit_code != 0
+
+
+def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storage: SessionStorage) -> None:
+    sid = session_id()
+    manager.create(sid)
+    payload = bytes(range(256)) * 8192  # 2 MiB
+    run_ok(manager, sid, f"""
+        import os, subprocess
+        with open("artifacts/big.bin", "wb") as f:
+            f.write(bytes(range(256)) * 8192)
+        for i in range(20):
+            open(f"artifacts/small-{{i}}.txt", "w").write(str(i))
+        # A process that still holds a written file open when the stop comes.
+        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+                         start_new_session=True)
+        import time
+        while not os.path.exists("artifacts/open.txt"):
+            time.sleep(0.01)
+    """)
+    assert manager.stop(sid, timeout=20) == 0
+    assert storage.get_bytes(sid, "artifacts", "big.bin") == payload
+    assert all(storage.get_bytes(sid, "artifacts", f"small-{i}.txt") == str(i).encode() for i in range(20))
+    assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
+
+
+def test_unreachable_endpoint_fails_before_any_container(settings: Settings, docker_engine: docker.DockerClient) -> None:
+    bad = dataclasses.replace(settings, s3_endpoint="http://127.0.0.1:9")
+    with pytest.raises(StorageError, match="unreachable"):
+        SessionManager(bad, client=docker_engine).create(session_id())
+    assert containers_for(docker_engine, settings.bucket) == []
+
+
+def test_wrong_credentials_fail_before_any_container(settings: Settings, docker_engine: docker.DockerClient) -> None:
+    bad = dataclasses.replace(settings, secret_key="not-the-secret")
+    with pytest.raises(StorageError, match="refused the credentials"):
+        SessionManager(bad, client=docker_engine).create(session_id())
+    assert containers_for(docker_engine, settings.bucket) == []
+
+
+class _RecordingManager(SessionManager):
+    """Keeps the entrypoint's output of discarded containers, to show what ran."""
+
+    discarded_logs: list[str] = []
+
+    def _discard(self, container, control):  # type: ignore[no-untyped-def]
+        self.discarded_logs.append(container.logs().decode(errors="replace"))
+        super()._discard(container, control)
+
+
+def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
+                                    docker_engine: docker.DockerClient) -> None:
+    """S3 accepts the launcher's check but s3fs gets refused: no session, executor never started."""
+    bad = dataclasses.replace(settings, secret_key="not-the-secret")
+    manager = _RecordingManager(bad, client=docker_engine, storage=storage)
+    manager.discarded_logs = []
+    with pytest.raises(SessionError, match="failed to start: s3fs exited") as err:
+        manager.create(session_id())
+    assert "not-the-secret" not in str(err.value)
+    assert containers_for(docker_engine, settings.bucket) == []
+    assert len(manager.discarded_logs) == 1
+    assert "executor started" not in manager.discarded_logs[0]
+    assert "error: s3fs exited" in manager.discarded_logs[0]
+
+
+def test_killed_s3fs_is_reported_and_exec_refuses(manager: SessionManager, docker_engine: docker.DockerClient) -> None:
+    sid = session_id()
+    info = manager.create(sid)
+    container = docker_engine.containers.get(info.container_id)
+    killed = container.exec_run(["sh", "-c", 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = s3fs ] '
+                                             '&& kill -KILL "${p#/proc/}" && echo killed; done'])
+    assert b"killed" in killed.output
+    health = manager.health(sid)
+    assert health["ok"] is False and health["workspace_mounted"] is False
+    with pytest.raises(WorkspaceUnavailable, match="not usable"):
+        manager.exec(sid, argv=["sh", "-c", "echo lost > /workspace/artifacts/x"])
+
+
+def test_second_create_of_live_session_is_an_error(manager: SessionManager, docker_engine: docker.DockerClient,
+                                                   settings: Settings) -> None:
+    sid = session_id()
+    manager.create(sid)
+    with pytest.raises(SessionExists, match="already exists"):
+        manager.create(sid)
+    assert len(containers_for(docker_engine, settings.bucket)) == 1
+    assert [s.session_id for s in manager.list() if s.bucket == settings.bucket] == [sid]
+
+
+def test_container_is_confined(manager: SessionManager, docker_engine: docker.DockerClient,
+                               settings: Settings) -> None:
+    sid = session_id()
+    info = manager.create(sid)
+    host_config = docker_engine.containers.get(info.container_id).attrs["HostConfig"]
+    assert host_config["Privileged"] is False
+    assert host_config["CapDrop"] == ["ALL"]
+    assert sorted(host_config["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN"]
+    assert "no-new-privileges" in host_config["SecurityOpt"]
+    assert host_config["Tmpfs"]["/tmp"].endswith("size=100m,mode=1777")
+    assert host_config["Memory"] == 1024**3 and host_config["PidsLimit"] == 256
+
+
+def test_stop_is_graceful_and_removes(manager: SessionManager, docker_engine: docker.DockerClient,
+                                      settings: Settings) -> None:
+    sid = session_id()
+    manager.create(sid)
+    assert manager.stop(sid) == 0
+    assert containers_for(docker_engine, settings.bucket) == []
+    # The id is free again.
+    assert manager.create(sid).status == "running"
