@@ -1,0 +1,35 @@
+"""CLI: bad input is rejected before Docker or S3 is touched (DOCKER_HOST points nowhere)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+CASES = [
+    (["session", "create", "../etc"], "session id"),
+    (["session", "create", "ok1", "--bucket", "Bad_Bucket"], "bucket"),
+    (["session", "create", "ok1", "--endpoint", "http://user:pw@h:1"], "S3 endpoint"),
+    (["session", "create", "ok1", "--s3fs-option", "passwd_file=/etc/shadow"], "s3fs option"),
+    (["session", "create", "ok1", "--network", "container:x"], "network"),
+    (["session", "create", "ok1", "--memory", "lots"], "memory"),
+    (["session", "create", "ok1", "--network", "none"], "network 'none'"),
+]
+
+
+@pytest.mark.parametrize("argv, field", CASES)
+def test_bad_input_is_named_before_anything_starts(argv: list[str], field: str, tmp_path) -> None:
+    env = dict(os.environ, DOCKER_HOST=f"unix://{tmp_path}/no-docker.sock", SANDBOX_S3_ENDPOINT="http://127.0.0.1:9",
+               AWS_ACCESS_KEY_ID="AK", AWS_SECRET_ACCESS_KEY="SK", SANDBOX_CONFIG=str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    out = subprocess.run([sys.executable, "-m", "provisioning.cli", *argv], env=env, capture_output=True, text=True)
+    assert out.returncode == 2, out.stderr
+    assert field in out.stderr
+    assert "Docker" not in out.stderr and "unreachable" not in out.stderr
+    assert "pw" not in out.stderr
+
+
+def test_exec_requires_a_command() -> None:
+    out = subprocess.run([sys.executable, "-m", "provisioning.cli", "session", "exec", "abc", "--"],
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and "give the command" in out.stderr

@@ -1,0 +1,95 @@
+"""The executor app outside a container: it must refuse to run when /workspace is not a FUSE mount."""
+
+import importlib.util
+import socketserver
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from provisioning.executor_client import ExecutorClient, ExecutorError, WorkspaceUnavailable
+
+APP = Path(__file__).resolve().parents[2] / "executor" / "app" / "executor.py"
+
+
+def load_app():
+    spec = importlib.util.spec_from_file_location("executor_app", APP)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_health_says_plain_directory_is_not_a_mount(tmp_path: Path) -> None:
+    health = load_app().workspace_health(str(tmp_path))
+    assert health["ok"] is False and health["workspace_mounted"] is False
+    assert "not a FUSE mount" in health["detail"]
+
+
+def test_runner_returns_when_command_exits_even_if_children_hold_pipes(tmp_path: Path) -> None:
+    runner = load_app().Runner(str(tmp_path))
+    started = time.monotonic()
+    result = runner.run(["sh", "-c", "sleep 30 & echo hi"], timeout=20, stdin=b"")
+    assert time.monotonic() - started < 5
+    assert result["exit_code"] == 0 and result["timed_out"] is False
+
+
+def test_runner_times_out_and_kills(tmp_path: Path) -> None:
+    result = load_app().Runner(str(tmp_path)).run(["sleep", "30"], timeout=0.3, stdin=b"")
+    assert result["timed_out"] is True and result["exit_code"] == 124 and result["duration"] < 5
+
+
+def test_served_exec_is_refused_without_mount(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    control = tmp_path / "ctl"
+    control.mkdir()
+    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(control / "executor.sock"),
+                             "--workspace", str(workspace)])
+    try:
+        deadline = time.monotonic() + 10
+        while not (control / "executor.sock").exists():
+            assert time.monotonic() < deadline, "executor did not start"
+            time.sleep(0.02)
+        client = _TrustingClient(control, "", 0)
+        assert client.health()["ok"] is False
+        with pytest.raises(WorkspaceUnavailable, match="not a FUSE mount"):
+            client.exec(argv=["touch", "lost"])
+        assert list(workspace.iterdir()) == []
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+class _TrustingClient(ExecutorClient):
+    """The real client minus the container check (this executor runs outside any container)."""
+
+    def connect(self, timeout):  # type: ignore[no-untyped-def]
+        import socket
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        sock.connect(str(self.control_dir / "executor.sock"))
+        return sock
+
+
+def test_client_refuses_a_socket_outside_the_container(tmp_path: Path) -> None:
+    """A socket swapped in by user code (e.g. a link to the Docker socket) is refused before any byte is sent."""
+    received: list[bytes] = []
+
+    class Handler(socketserver.BaseRequestHandler):
+        def handle(self) -> None:
+            received.append(self.request.recv(100))
+
+    server = socketserver.UnixStreamServer(str(tmp_path / "executor.sock"), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        client = ExecutorClient(tmp_path, "0123456789abcdef" * 4, 1000)
+        with pytest.raises(ExecutorError, match="refusing executor socket"):
+            client.health()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert received in ([], [b""])

@@ -1,0 +1,73 @@
+import dataclasses
+import shutil
+import subprocess
+
+import jinja2
+import pytest
+
+from provisioning import render
+from provisioning.config import Settings
+from provisioning.validation import ValidationError
+
+SETTINGS = Settings(s3_endpoint="http://127.0.0.1:9000", bucket="sandbox-sessions",
+                    access_key="AKIDEXAMPLEKEY", secret_key="secret-example-value")
+
+
+@pytest.mark.parametrize("value", ["plain", "it's", "$(rm -rf /)", "`id`", "a b\tc", "\\n", "'", "", "--x"])
+def test_shquote_round_trips_through_sh(value: str) -> None:
+    out = subprocess.run(["sh", "-c", f"printf %s {render.shquote(value)}"], capture_output=True, text=True, check=True)
+    assert out.stdout == value
+
+
+@pytest.mark.parametrize("value", [None, True, [1], {"a": 1}])
+def test_shquote_refuses_non_scalars(value: object) -> None:
+    with pytest.raises(TypeError):
+        render.shquote(value)
+
+
+def test_unquoted_interpolation_cannot_render() -> None:
+    env = render.environment()
+    with pytest.raises(render.UnquotedValueError, match="without the shquote filter"):
+        env.from_string("X={{ value }}").render(value="1")
+    assert env.from_string("X={{ value | shquote }}").render(value="a'b") == "X='a'\"'\"'b'"
+
+
+def test_missing_variable_is_an_error() -> None:
+    with pytest.raises(jinja2.UndefinedError):
+        render.environment().from_string("X={{ missing | shquote }}").render()
+
+
+def test_entrypoint_mounts_only_the_session_prefix() -> None:
+    script = render.render_entrypoint("abc123", SETTINGS).script
+    assert "PREFIX='sessions/abc123'" in script
+    assert 'exec s3fs "$BUCKET:/$PREFIX" "$MOUNTPOINT" -f' in script
+    for option in ("url=http://127.0.0.1:9000", "use_path_request_style", "allow_other", "uid=1000", "gid=1000",
+                   "umask=0077", "mp_umask=0077", "tmpdir=/tmp", "sigv4"):
+        assert f"-o '{option}'" in script
+    # Credentials are never part of the script.
+    assert "AKIDEXAMPLEKEY" not in script and "secret-example-value" not in script
+
+
+def test_entrypoint_is_valid_posix_sh() -> None:
+    script = render.render_entrypoint("abc123", dataclasses.replace(SETTINGS, s3fs_options={"parallel_count": 8}))
+    for shell in ("sh", "dash"):
+        if shutil.which(shell):
+            subprocess.run([shell, "-n"], input=script.script, text=True, check=True)
+    assert "-o 'parallel_count=8'" in script.script
+
+
+@pytest.mark.parametrize("change, field", [
+    ({"bucket": "Bad_Bucket"}, "bucket"),
+    ({"s3_endpoint": "http://u:p@host"}, "S3 endpoint"),
+    ({"uid": 0}, "uid"),
+    ({"s3fs_options": {"passwd_file": "/x"}}, "s3fs option"),
+    ({"network": "container:other"}, "network"),
+])
+def test_bad_settings_fail_before_rendering(change: dict, field: str) -> None:
+    with pytest.raises(ValidationError, match=field):
+        render.render_entrypoint("abc123", dataclasses.replace(SETTINGS, **change))
+
+
+def test_bad_session_id_fails_before_rendering() -> None:
+    with pytest.raises(ValidationError, match="session id"):
+        render.render_entrypoint("../etc", SETTINGS)
