@@ -107,5 +107,5 @@ class Doctor:
             storage.check_bucket()
             checks.append(Check("s3 bucket", True, f"{settings.bucket} present"))
         except StorageError as exc:
-            checks.append(Check("s3 bucket", False, str(exc), f"create it: sandbox-host s3 create-bucket (or run playbooks/object_store.yml)"))
+            checks.append(Check("s3 bucket", False, str(exc), "sandbox-host s3 ensure-bucket (or run playbooks/object_store.yml)"))
         return checks

@@ -129,12 +129,12 @@ def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storag
     sid = session_id()
     manager.create(sid)
     payload = bytes(range(256)) * 8192  # 2 MiB
-    run_ok(manager, sid, f"""
+    run_ok(manager, sid, """
         import os, subprocess
         with open("artifacts/big.bin", "wb") as f:
             f.write(bytes(range(256)) * 8192)
         for i in range(20):
-            open(f"artifacts/small-{{i}}.txt", "w").write(str(i))
+            open(f"artifacts/small-{i}.txt", "w").write(str(i))
         # A process that still holds a written file open when the stop comes.
         subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
                          start_new_session=True)
