@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from . import config as config_mod
-from .config import ConfigError, Settings
+from .config import ConfigError, Credentials, Settings
 from .executor_client import ExecutorError
 from .hostinfo import DockerUnavailable, docker_client
 from .image import DEFAULT_MIRROR, DEFAULT_SUITE, ImageBuilder, ImageError
@@ -22,6 +22,9 @@ from .storage import SessionStorage, StorageError
 from .validation import ValidationError, parse_s3fs_option_list
 
 EXIT_USAGE = 2
+# The embedded endpoint's own key pair (like MinIO's MINIO_ROOT_USER / MINIO_ROOT_PASSWORD).
+SERVER_KEY_ENV = "SANDBOX_S3_SERVER_ACCESS_KEY"
+SERVER_SECRET_ENV = "SANDBOX_S3_SERVER_SECRET_KEY"
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -162,7 +165,10 @@ def cmd_session_health(args: argparse.Namespace) -> int:
 def cmd_s3_serve(args: argparse.Namespace) -> int:
     from .s3server import EmbeddedS3Server, generate_credentials
 
-    credentials = generate_credentials()
+    key, secret = os.environ.get(SERVER_KEY_ENV, ""), os.environ.get(SERVER_SECRET_ENV, "")
+    if bool(key) != bool(secret):
+        raise ConfigError(f"set both {SERVER_KEY_ENV} and {SERVER_SECRET_ENV}, or neither (to generate a pair)")
+    credentials = Credentials(key, secret) if key else generate_credentials()
     server = EmbeddedS3Server(credentials, host=args.host, port=args.port)
     settings = Settings(s3_endpoint=server.endpoint, bucket=args.bucket or config_mod.DEFAULT_BUCKET,
                         access_key=credentials.access_key, secret_key=credentials.secret_key)
@@ -282,7 +288,9 @@ def build_parser() -> argparse.ArgumentParser:
     health.set_defaults(func=cmd_session_health)
 
     s3 = sub.add_parser("s3", help="object storage").add_subparsers(dest="s3_command", required=True)
-    serve = s3.add_parser("serve", help="run the embedded S3 endpoint (development and tests; data in memory)")
+    serve = s3.add_parser("serve", help="run the embedded S3 endpoint (development and tests; data in memory)",
+                          description="Keys from $SANDBOX_S3_SERVER_ACCESS_KEY / $SANDBOX_S3_SERVER_SECRET_KEY, "
+                          "or a generated pair.")
     serve.add_argument("--host", default="127.0.0.1")
     serve.add_argument("--port", type=int, default=9000)
     serve.add_argument("--bucket")

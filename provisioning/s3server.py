@@ -23,6 +23,8 @@ from .config import Credentials
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
+# Unauthenticated liveness, at MinIO's path, so one health check serves both backends.
+HEALTH_PATHS = ("/minio/health/live", "/minio/health/ready")
 
 
 def _uri_encode(text: str, safe: str) -> str:
@@ -113,6 +115,9 @@ class SigV4Verifier:
 
     def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
+        if path in HEALTH_PATHS and environ.get("REQUEST_METHOD") in ("GET", "HEAD"):
+            start_response("200 OK", [("Content-Length", "0")])
+            return []
         if path.startswith("/moto-api"):
             return _error(start_response, "AccessDenied", "not available", environ)
         try:

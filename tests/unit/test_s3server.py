@@ -74,3 +74,10 @@ def test_stale_requests_are_refused(s3_server: EmbeddedS3Server, s3_credentials:
     SigV4Verifier(lambda e, s: [], s3_credentials).verify(dict(environ))  # fresh: accepted
     with pytest.raises(AuthError, match="too large"):
         later.verify(dict(environ))
+
+
+def test_health_endpoint_is_open(s3_server: EmbeddedS3Server) -> None:
+    import urllib.request
+
+    with urllib.request.urlopen(s3_server.endpoint + "/minio/health/live", timeout=5) as response:
+        assert response.status == 200
