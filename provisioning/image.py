@@ -19,10 +19,12 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from .resources import data_dir
+
 DEFAULT_BASE_IMAGE = "python:3.11-slim"
 DEFAULT_SUITE = "bookworm"
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
-CONTEXT_DIR = Path(__file__).resolve().parent.parent / "executor"
+CONTEXT_DIR = data_dir("executor")
 LABEL_INPUTS = "io.sandbox-host.inputs"
 # What the offline base carries, so the Dockerfile installs nothing and needs no archive.
 DEBIAN_BASE_PACKAGES = ("python3", "s3fs", "ca-certificates")
@@ -65,7 +67,8 @@ def debian_base_tag(suite: str) -> str:
 
 def context_digest(context: Path, base_id: str) -> str:
     digest = hashlib.sha256(base_id.encode())
-    for path in sorted(p for p in context.rglob("*") if p.is_file()):
+    files = (p for p in context.rglob("*") if p.is_file() and "__pycache__" not in p.parts and p.suffix != ".pyc")
+    for path in sorted(files):
         digest.update(str(path.relative_to(context)).encode() + b"\0")
         digest.update(path.read_bytes())
     return digest.hexdigest()

@@ -13,9 +13,10 @@ from typing import Any
 import jinja2
 
 from .config import Settings
+from .resources import data_dir
 from . import validation
 
-TEMPLATES_DIR = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES_DIR = data_dir("templates")
 
 # Paths inside the session container (fixed by executor/Dockerfile).
 MOUNTPOINT = "/workspace"

@@ -1,47 +1,42 @@
 #!/usr/bin/env bash
-# Prepare this machine for sandbox-host (idempotent): Debian packages, the Python package in
-# .venv, and a running Docker engine. Used by the README's two commands and by .ci/run.
-# Usage: scripts/setup-host.sh [--test]   (--test also installs the test and lint tools)
+# Converge this machine into a sandbox host with the project's own playbook (connection local):
+# FUSE, s3fs, the Docker engine (started with or without systemd), the runtime in
+# /opt/sandbox-host, the dev object store on 127.0.0.1:9000 with the sessions bucket, and the
+# executor image; then `sandbox-host doctor`. Idempotent.
+# Usage: scripts/setup-host.sh [--test]   (--test also installs the test and lint tools in .venv)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 log() { printf 'setup: %s\n' "$*" >&2; }
+[ "$(id -u)" -eq 0 ] || { log "run as root (it installs packages and starts services)"; exit 1; }
 
-[ "$(id -u)" -eq 0 ] || { log "run as root (it installs packages and starts dockerd)"; exit 1; }
-
-packages=(docker.io s3fs debootstrap python3-venv ca-certificates)
-missing=()
-for pkg in "${packages[@]}"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ "${#missing[@]}" -gt 0 ]; then
-    log "installing ${missing[*]}"
+# The controller: Python's venv support, then Ansible and the project in .venv.
+if ! dpkg-query -W -f='${Status}' python3-venv 2>/dev/null | grep -q "install ok installed"; then
+    log "installing python3-venv"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
 fi
-
-extras="server"
+extras="ansible"
 [ "${1:-}" = "--test" ] && extras="test"
-if [ ! -x .venv/bin/python ]; then
-    log "creating .venv"
-    python3 -m venv .venv
-fi
+[ -x .venv/bin/python ] || { log "creating .venv"; python3 -m venv .venv; }
 log "installing sandbox-host[$extras] into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
 
-# The Docker engine: systemd where it is PID 1, otherwise the daemon by hand.
-if ! docker info >/dev/null 2>&1; then
-    if [ "$(cat /proc/1/comm 2>/dev/null)" = systemd ]; then
-        log "starting docker.service"
-        systemctl start docker
-    else
-        log "starting dockerd (no systemd here); log in /var/log/dockerd.log"
-        nohup dockerd >/var/log/dockerd.log 2>&1 &
-    fi
-    for _ in $(seq 1 150); do
-        docker info >/dev/null 2>&1 && break
-        sleep 0.2
-    done
-    docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/dockerd.log"; exit 1; }
+# The dev object store's key pair for this machine, generated once.
+secrets=/etc/sandbox-host/local-secrets.yml
+if [ ! -s "$secrets" ]; then
+    log "generating $secrets"
+    install -d -m 0755 /etc/sandbox-host
+    ( umask 077
+      .venv/bin/python - "$secrets" <<'PY'
+import secrets, sys
+with open(sys.argv[1], "w") as out:
+    out.write(f"object_store_root_user: local{secrets.token_hex(6)}\n")
+    out.write(f"object_store_root_password: {secrets.token_urlsafe(30)}\n")
+PY
+    )
 fi
-log "ready: $(docker version --format 'docker engine {{.Server.Version}}'), $(s3fs --version | head -n 1)"
+
+log "converging this machine: ansible-playbook -i scripts/local.inventory playbooks/site.yml"
+ANSIBLE_CONFIG="$PWD/ansible.cfg" .venv/bin/ansible-playbook -i scripts/local.inventory \
+    -e "@$secrets" playbooks/site.yml
