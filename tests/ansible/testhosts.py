@@ -1,0 +1,138 @@
+"""Test hosts: containers running systemd as PID 1, built here from Debian's archive.
+
+Each host gets its own Docker storage on a volume (so the engine the playbook installs inside
+works), /dev/fuse, and explicit capabilities (--privileged is refused on these machines).
+Ansible and testinfra reach them with `docker exec`, never over IP.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+
+CACHE = Path(os.environ.get("SANDBOX_TEST_CACHE", "/var/cache/sandbox-host/test-hosts"))
+MIRROR = os.environ.get("SANDBOX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
+PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "ca-certificates", "procps", "iproute2")
+PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
+# Everything a systemd host running its own Docker engine needs, short of CAP_SYS_RESOURCE
+# (absent from these machines' bounding set).
+CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SETPCAP", "SETUID", "SETGID", "KILL",
+                "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "NET_BIND_SERVICE", "SYS_CHROOT",
+                "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "IPC_LOCK", "IPC_OWNER", "SYS_NICE", "LINUX_IMMUTABLE",
+                "SYSLOG", "LEASE", "SYS_BOOT", "WAKE_ALARM", "BLOCK_SUSPEND"]
+
+
+def log(message: str) -> None:
+    print(f"test-hosts: {message}", file=sys.stderr, flush=True)
+
+
+def image_tag(suite: str) -> str:
+    return f"sandbox-host-testhost:{suite}"
+
+
+def build_image(client: docker.DockerClient, suite: str) -> str:
+    """debootstrap SUITE with systemd, cached as a tarball and as an image."""
+    tag = image_tag(suite)
+    try:
+        client.images.get(tag)
+        return tag
+    except docker.errors.ImageNotFound:
+        pass
+    CACHE.mkdir(parents=True, exist_ok=True)
+    tarball = CACHE / f"{suite}.tar"
+    if not tarball.exists():
+        rootfs = CACHE / f"rootfs-{suite}"
+        subprocess.run(["rm", "-rf", str(rootfs)], check=True)
+        log(f"debootstrap {suite} (about a minute)")
+        started = time.monotonic()
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, str(rootfs), MIRROR],
+                       check=True, stdout=subprocess.DEVNULL)
+        # Units that cannot work in a container, and a machine id made at boot.
+        for unit in ("getty@tty1.service", "systemd-remount-fs.service", "systemd-udevd.service",
+                     "systemd-modules-load.service", "sys-kernel-config.mount", "sys-kernel-debug.mount"):
+            (rootfs / "etc/systemd/system" / unit).unlink(missing_ok=True)
+            (rootfs / "etc/systemd/system" / unit).symlink_to("/dev/null")
+        (rootfs / "etc/machine-id").write_text("")
+        subprocess.run(["tar", "-C", str(rootfs), "--numeric-owner", "-cf", str(tarball) + ".partial", "."], check=True)
+        os.rename(str(tarball) + ".partial", tarball)
+        subprocess.run(["rm", "-rf", str(rootfs)], check=True)
+        log(f"debootstrap {suite}: {time.monotonic() - started:.0f}s")
+    repository, _, version = tag.partition(":")
+    client.api.import_image_from_file(str(tarball), repository=repository, tag=version,
+                                      changes=['CMD ["/sbin/init"]', "ENV container=docker"])
+    return tag
+
+
+def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.containers.Container:
+    remove(client, name)
+    container = client.containers.run(
+        image_tag(suite),
+        name=name,
+        hostname=name,
+        detach=True,
+        cgroupns="host",
+        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+                 f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
+        tmpfs={"/run": "rw,exec", "/run/lock": "rw"},
+        cap_drop=["ALL"],
+        cap_add=CAPABILITIES,
+        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        devices=["/dev/fuse:/dev/fuse:rwm"],
+        stop_signal="SIGRTMIN+3",
+        labels={"io.sandbox-host.test-host": suite},
+    )
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
+        if state in ("running", "degraded"):
+            return container
+        time.sleep(0.5)
+    raise RuntimeError(f"{name}: systemd did not finish booting (state {state!r})")
+
+
+def remove(client: docker.DockerClient, name: str) -> None:
+    try:
+        client.containers.get(name).remove(force=True, v=False)
+    except docker.errors.NotFound:
+        pass
+    try:
+        client.volumes.get(f"{name}-docker").remove(force=True)
+    except docker.errors.NotFound:
+        pass
+
+
+def wheelhouse(root: Path, pip: Path, python_version: str) -> Path:
+    """Wheels of the runtime's dependencies for the test host's Python: the air-gapped install path."""
+    target = CACHE / f"wheels-py{python_version}"
+    stamp = target / ".complete"
+    if stamp.exists():
+        return target
+    target.mkdir(parents=True, exist_ok=True)
+    log(f"downloading wheels for Python {python_version}")
+    subprocess.run(
+        [str(pip), "download", "-q", "--disable-pip-version-check", "--dest", str(target), "--only-binary=:all:",
+         "--python-version", python_version, "--implementation", "cp",
+         "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
+         "--platform", "manylinux2014_x86_64", "--platform", "any",
+         "docker>=7.0", "boto3>=1.28", "jinja2>=3.1", "moto[server]>=5.0", "setuptools>=64", "wheel"],
+        check=True,
+    )
+    stamp.write_text("")
+    return target
+
+
+def wheelhouse_archive(root: Path, pip: Path, python_version: str) -> Path:
+    """The wheelhouse as one tar archive (what the sandbox_host role ships to air-gapped hosts)."""
+    archive = CACHE / f"wheels-py{python_version}.tar"
+    if not archive.exists():
+        wheels = wheelhouse(root, pip, python_version)
+        names = sorted(p.name for p in wheels.glob("*.whl"))
+        subprocess.run(["tar", "-C", str(wheels), "-cf", str(archive) + ".partial", *names], check=True)
+        os.rename(str(archive) + ".partial", archive)
+    return archive
