@@ -12,7 +12,7 @@ import docker.errors
 
 from . import hostinfo
 from .config import Settings
-from .storage import SessionStorage, StorageError
+from .storage import SessionStorage, StorageError, explain_error
 from .validation import ValidationError
 
 
@@ -94,9 +94,7 @@ class Doctor:
             checks.append(Check("s3 endpoint", True, f"{settings.s3_endpoint} reachable"))
             checks.append(Check("s3 credentials", True, f"accepted for access key {settings.access_key}"))
         except Exception as exc:  # noqa: BLE001 - reported as a failed check
-            from .storage import _explain
-
-            message = str(_explain(exc, settings, "list buckets"))
+            message = str(explain_error(exc, settings, "list buckets"))
             unreachable = "unreachable" in message
             checks.append(Check("s3 endpoint", not unreachable, message if unreachable else f"{settings.s3_endpoint} reachable",
                                 "start the object store or fix SANDBOX_S3_ENDPOINT" if unreachable else ""))

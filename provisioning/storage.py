@@ -22,7 +22,7 @@ class StorageError(RuntimeError):
     """An S3 operation failed; the message is one line naming the cause and the fix."""
 
 
-def _explain(exc: Exception, settings: Settings, action: str) -> StorageError:
+def explain_error(exc: Exception, settings: Settings, action: str) -> StorageError:
     where = f"{settings.s3_endpoint} (bucket {settings.bucket})"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return StorageError(
@@ -57,7 +57,7 @@ def _translated(settings: Settings, action: str) -> Iterator[None]:
     try:
         yield
     except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-        raise _explain(exc, settings, action) from None
+        raise explain_error(exc, settings, action) from None
 
 
 @dataclass(frozen=True)
@@ -97,9 +97,9 @@ class SessionStorage:
         except botocore.exceptions.ClientError as exc:
             code = str(exc.response.get("Error", {}).get("Code", ""))
             if code not in ("404", "NoSuchBucket"):
-                raise _explain(exc, self.settings, f"check bucket {self.settings.bucket}") from None
+                raise explain_error(exc, self.settings, f"check bucket {self.settings.bucket}") from None
         except botocore.exceptions.BotoCoreError as exc:
-            raise _explain(exc, self.settings, f"check bucket {self.settings.bucket}") from None
+            raise explain_error(exc, self.settings, f"check bucket {self.settings.bucket}") from None
         with _translated(self.settings, f"create bucket {self.settings.bucket}"):
             try:
                 self.client.create_bucket(Bucket=self.settings.bucket)
