@@ -229,8 +229,8 @@ def bench_io(manager: SessionManager, sizes: list[int], files: int, variants: di
     results: dict[str, Any] = {}
     for mb in sizes:
         row: dict[str, Any] = {"boto3": boto3_io(manager.settings, mb, files)}
-        for name, options in variants.items():
-            sid = f"io{mb}-{name.replace('_', '-')[:40]}"
+        for number, (name, options) in enumerate(variants.items()):
+            sid = f"io{mb}v{number}"
             variant = SessionManager(replace(manager.settings, s3fs_options=options, memory="2g", tmp_size="600m"),
                                      client=manager.client)
             variant.create(sid)
@@ -252,6 +252,28 @@ def image_sizes(build: Any) -> dict[str, Any]:
     return {"image": build.image, "image_MB": round(build.size_bytes / 1e6, 1), "base": build.base_image,
             "base_MB": round(build.base_size_bytes / 1e6, 1),
             "added_MB": round((build.size_bytes - build.base_size_bytes) / 1e6, 2)}
+
+
+def bench_provisioning(client: Any, work: Path) -> dict[str, Any]:
+    """site.yml on a fresh Debian 12 test host (systemd container), then the re-run."""
+    from tests.ansible import testhosts
+    from tests.ansible.conftest import run_playbook
+
+    name = "sbx-bench-bookworm"
+    testhosts.build_image(client, "bookworm")
+    testhosts.start(client, "bookworm", name)
+    try:
+        inventory = work / "hosts.ini"
+        testhosts.write_inventory(inventory, {"bookworm": name}, client)
+        first = run_playbook(inventory, "playbooks/site.yml", timeout=2400)
+        if first.returncode != 0:
+            raise RuntimeError(f"converge failed: {first.output[-2000:]}")
+        second = run_playbook(inventory, "playbooks/site.yml", timeout=1200)
+        recap = second.recap()[name]
+        return {"host": "Debian 12 test host (systemd container, docker exec)", "fresh_converge_s": first.seconds,
+                "rerun_s": second.seconds, "rerun_changed": recap["changed"], "rerun_failed": recap["failed"]}
+    finally:
+        testhosts.remove(client, name)
 
 
 def machine() -> dict[str, Any]:
@@ -277,7 +299,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         per = row["per_session"] or {"p50": "-", "p95": "-"}
         lines.append(f"| {size} | {row['wall_s']} | {per['p50']} | {per['p95']} | {len(row['failures'])} | {row['isolated']} |")
     lines += ["", "## Workspace I/O (s3fs in the session against boto3 from the host, same S3 server)", "",
-              "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 | small create files/s | small list s | small read files/s |",
+              "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 "
+              "| small create files/s | small list s | small read files/s |",
               "|---|---|---|---|---|---|---|---|---|"]
     for size, row in results["io"].items():
         for client_name, r in row.items():
@@ -286,6 +309,10 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
     image = results["image"]
     lines += ["", "## Image", "", f"{image['image']}: {image['image_MB']} MB; its base {image['base']}: "
               f"{image['base_MB']} MB; the executor adds {image['added_MB']} MB.", ""]
+    if "provisioning" in results:
+        p = results["provisioning"]
+        lines += ["## Provisioning", "", f"{p['host']}: fresh converge of site.yml {p['fresh_converge_s']} s; "
+                  f"re-run {p['rerun_s']} s with changed={p['rerun_changed']}, failed={p['rerun_failed']}.", ""]
     path.write_text("\n".join(lines))
 
 
@@ -342,6 +369,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the benchmarks work")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--no-provisioning", action="store_true", help="skip the converge of a fresh test host")
     args = parser.parse_args(argv)
     if args.smoke:
         runs, batches, sizes, files, variants = 2, [1, 2], [2], 20, {"defaults": {}, "enable_noobj_cache": {"enable_noobj_cache": True}}
@@ -370,6 +398,9 @@ def main(argv: list[str] | None = None) -> int:
         print("workspace I/O ...", file=sys.stderr, flush=True)
         results["io"] = bench_io(manager, sizes, files, variants)
         results["image"] = image_sizes(build)
+        if not args.smoke and not args.no_provisioning:
+            print("provisioning ...", file=sys.stderr, flush=True)
+            results["provisioning"] = bench_provisioning(client, work)
     finally:
         server.stop()
         shutil.rmtree(work, ignore_errors=True)

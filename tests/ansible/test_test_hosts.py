@@ -11,49 +11,17 @@ import sys
 import time
 from pathlib import Path
 
-import docker
 import pytest
 import testinfra
 
 from provisioning.hostinfo import docker_client
-from provisioning.image import ImageBuilder, default_cache_dir
 
 from . import testhosts
-from .conftest import BIN, ROOT, run_playbook
+from .conftest import run_playbook
 
 SUITES = ("bookworm", "trixie")
 HOSTS = {suite: f"sbx-test-{suite}" for suite in SUITES}
 TIMINGS: dict[str, float] = {}
-
-
-def offline_base_tarball(client: docker.DockerClient) -> Path:
-    """The executor image's offline base, as `sandbox-host image build` caches it on the controller."""
-    builder = ImageBuilder(client, log=testhosts.log)
-    tarball = default_cache_dir() / "debian-bookworm-amd64.tar"
-    if not tarball.exists():
-        builder._debootstrap("bookworm", testhosts.MIRROR, tarball)
-    return tarball
-
-
-def write_inventory(path: Path, client: docker.DockerClient) -> None:
-    user, password = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
-    lines = ["[sandbox_hosts]"]
-    for suite, name in HOSTS.items():
-        wheels = testhosts.wheelhouse_archive(ROOT, BIN / "pip", testhosts.PYTHON[suite])
-        lines.append(f"{name} ansible_connection=community.docker.docker ansible_python_interpreter=/usr/bin/python3 "
-                     "ansible_user=root ansible_become=false "
-                     f"sandbox_host_wheelhouse_archive={wheels}")
-    lines += ["", "[object_store]", *HOSTS.values(), "", "[all:vars]",
-              "object_store_backend=dev",
-              f"object_store_root_user={user}",
-              f"object_store_root_password={password}",
-              "sandbox_host_config=" + json.dumps({"s3_endpoint": "http://127.0.0.1:9000", "bucket": "sandbox-sessions",
-                                                   "access_key": user, "secret_key": password}),
-              # The engine inside a test host: host networking only (sessions here use it).
-              "docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
-              "executor_image_offline=true",
-              f"executor_image_base_tarball={offline_base_tarball(client)}"]
-    path.write_text("\n".join(lines) + "\n")
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +33,7 @@ def inventory(tmp_path_factory) -> Path:
         testhosts.start(client, suite, name)
         TIMINGS[f"{suite} host image and boot"] = round(time.monotonic() - started, 1)
     path = tmp_path_factory.mktemp("inventory") / "hosts.ini"
-    write_inventory(path, client)
+    testhosts.write_inventory(path, HOSTS, client)
     yield path
     if not os.environ.get("SANDBOX_KEEP_TEST_HOSTS"):  # keep them for debugging
         for name in HOSTS.values():

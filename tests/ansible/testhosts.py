@@ -7,7 +7,9 @@ Ansible and testinfra reach them with `docker exec`, never over IP.
 
 from __future__ import annotations
 
+import json
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -136,3 +138,36 @@ def wheelhouse_archive(root: Path, pip: Path, python_version: str) -> Path:
         subprocess.run(["tar", "-C", str(wheels), "-cf", str(archive) + ".partial", *names], check=True)
         os.rename(str(archive) + ".partial", archive)
     return archive
+
+
+def offline_base_tarball(client: docker.DockerClient) -> Path:
+    """The executor image's offline base, as `sandbox-host image build` caches it on the controller."""
+    from provisioning.image import ImageBuilder, default_cache_dir
+
+    tarball = default_cache_dir() / "debian-bookworm-amd64.tar"
+    if not tarball.exists():
+        ImageBuilder(client, log=log)._debootstrap("bookworm", MIRROR, tarball)
+    return tarball
+
+
+def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClient) -> None:
+    """An inventory for test hosts {suite: container name}: dev object store, offline installs, docker exec."""
+    from .conftest import BIN, ROOT
+
+    user, password = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
+    lines = ["[sandbox_hosts]"]
+    for suite, name in hosts.items():
+        wheels = wheelhouse_archive(ROOT, BIN / "pip", PYTHON[suite])
+        lines.append(f"{name} ansible_connection=community.docker.docker ansible_python_interpreter=/usr/bin/python3 "
+                     f"ansible_user=root ansible_become=false sandbox_host_wheelhouse_archive={wheels}")
+    lines += ["", "[object_store]", *hosts.values(), "", "[all:vars]",
+              "object_store_backend=dev",
+              f"object_store_root_user={user}",
+              f"object_store_root_password={password}",
+              "sandbox_host_config=" + json.dumps({"s3_endpoint": "http://127.0.0.1:9000", "bucket": "sandbox-sessions",
+                                                   "access_key": user, "secret_key": password}),
+              # The engine inside a test host: host networking only (sessions there use it).
+              "docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
+              "executor_image_offline=true",
+              f"executor_image_base_tarball={offline_base_tarball(client)}"]
+    path.write_text("\n".join(lines) + "\n")
