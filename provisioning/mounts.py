@@ -88,6 +88,3 @@ class InContainerFuse:
                 ContainerFile(render.SECRETS_FILE, _credentials_file(credentials), 0o400),
             ],
         )
-
-
-STRATEGIES: dict[str, type[InContainerFuse]] = {InContainerFuse.name: InContainerFuse}
