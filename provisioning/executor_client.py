@@ -65,7 +65,7 @@ def _process_in_container(pid: int, container_id: str) -> bool:
 
 
 class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, client: "ExecutorClient", timeout: float) -> None:
+    def __init__(self, client: "ExecutorClient", timeout: float | None) -> None:
         super().__init__("executor", timeout=timeout)
         self._client = client
 
@@ -101,9 +101,7 @@ class ExecutorClient:
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 timeout: float | None = 30.0) -> tuple[int, dict[str, Any]]:
-        conn = _UnixConnection(self, timeout or 30.0)
-        if timeout is None:
-            conn.timeout = None
+        conn = _UnixConnection(self, timeout)  # None: block until the executor answers
         try:
             payload = json.dumps(body).encode() if body is not None else None
             headers = {"Content-Type": "application/json"} if payload else {}
