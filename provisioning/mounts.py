@@ -1,7 +1,7 @@
 """How a session's /workspace gets mounted: the one seam between the launcher and FUSE.
 
 A strategy says what the session container needs (devices, capabilities, security options,
-files placed before start). Today there is one, :class:`InContainerFuse`: s3fs runs inside
+files the entrypoint reads at start). Today there is one, :class:`InContainerFuse`: s3fs runs inside
 the container as root, and user code runs without capabilities. A host-side strategy (mount
 outside the sandbox, bind into a container with no SYS_ADMIN and no /dev/fuse) implements the
 same protocol without touching the launcher.
@@ -10,6 +10,7 @@ same protocol without touching the launcher.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from . import render
@@ -22,8 +23,11 @@ class StrategyError(ValueError):
 
 
 @dataclass(frozen=True)
-class ContainerFile:
-    path: str
+class BootFile:
+    """A file for the entrypoint: written by the launcher into a root-only host directory that
+    is bound at ``render.BOOT_DIR`` (no image layer, no copy through the Docker API)."""
+
+    name: str
     data: bytes
     mode: int
 
@@ -36,7 +40,7 @@ class ContainerPlan:
     cap_add: list[str] = field(default_factory=list)
     security_opt: list[str] = field(default_factory=list)
     tmpfs: dict[str, str] = field(default_factory=dict)
-    files: list[ContainerFile] = field(default_factory=list)
+    boot_files: list[BootFile] = field(default_factory=list)
 
 
 class MountStrategy(Protocol):
@@ -83,8 +87,8 @@ class InContainerFuse:
             cap_add=list(self.capabilities),
             security_opt=security,
             tmpfs={"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777"},
-            files=[
-                ContainerFile(render.ENTRYPOINT_FILE, entrypoint.script.encode(), 0o500),
-                ContainerFile(render.SECRETS_FILE, _credentials_file(credentials), 0o400),
+            boot_files=[
+                BootFile(Path(render.ENTRYPOINT_FILE).name, entrypoint.script.encode(), 0o500),
+                BootFile(Path(render.SECRETS_FILE).name, _credentials_file(credentials), 0o400),
             ],
         )

@@ -20,8 +20,9 @@ TEMPLATES_DIR = data_dir("templates")
 
 # Paths inside the session container (fixed by executor/Dockerfile).
 MOUNTPOINT = "/workspace"
-SECRETS_FILE = "/etc/sandbox-host/credentials"
-ENTRYPOINT_FILE = "/etc/sandbox-host/entrypoint.sh"
+BOOT_DIR = "/etc/sandbox-host"  # bound from a root-only host directory; holds what the entrypoint reads
+SECRETS_FILE = BOOT_DIR + "/credentials"
+ENTRYPOINT_FILE = BOOT_DIR + "/entrypoint.sh"
 CONTAINER_STATE_DIR = "/run/sandbox-host"
 CONTROL_DIR = "/run/sandbox-executor"
 EXECUTOR_SOCKET = CONTROL_DIR + "/executor.sock"

@@ -119,9 +119,20 @@ class SessionStorage:
 
     def ensure_layout(self, session_id: str) -> None:
         """Directory markers for the session and its areas, so s3fs shows them as directories."""
+        self.ensure_root(session_id)
+        self.ensure_areas(session_id)
+
+    def ensure_root(self, session_id: str) -> None:
+        """The session prefix's own marker: s3fs mounts ``BUCKET:/sessions/<id>`` only when it exists."""
+        self._put_markers(session_id, [self.prefix(session_id)])
+
+    def ensure_areas(self, session_id: str) -> None:
         prefix = self.prefix(session_id)
+        self._put_markers(session_id, [f"{prefix}{area}/" for area in AREAS])
+
+    def _put_markers(self, session_id: str, keys: list[str]) -> None:
         with _translated(self.settings, f"create layout for session {session_id}"):
-            for key in (prefix, *(f"{prefix}{area}/" for area in AREAS)):
+            for key in keys:
                 self.client.put_object(Bucket=self.settings.bucket, Key=key, Body=b"")
 
     def _key(self, session_id: str, area: str, name: str) -> str:

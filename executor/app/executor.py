@@ -299,12 +299,29 @@ def _shutdown(server: ExecutorServer, runner: Runner) -> None:
     server.shutdown()
 
 
+def wait_for_go(stream: IO[bytes]) -> bool:
+    """Block until the entrypoint says the workspace is proven ("go"); EOF or anything else is a no.
+
+    The entrypoint starts the executor while it mounts and probes the workspace, so that loading
+    Python overlaps that work; nothing is served (no socket, no chdir) before the go-ahead."""
+    line = stream.readline(16)
+    devnull = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(devnull, stream.fileno())
+    os.close(devnull)
+    return line == b"go\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True)
     parser.add_argument("--workspace", default="/workspace")
+    parser.add_argument("--wait-for-go", action="store_true",
+                        help='read "go" from stdin before serving (the entrypoint proves the workspace first)')
     args = parser.parse_args(argv)
-    os.chdir(args.workspace)
+    if args.wait_for_go and not wait_for_go(sys.stdin.buffer):
+        print("executor: no go-ahead from the entrypoint; not serving", file=sys.stderr)
+        return 3
+    os.chdir(args.workspace)  # only now: before the mount, this would be the empty directory under it
     return serve(args.socket, args.workspace)
 
 

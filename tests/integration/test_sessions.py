@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+from pathlib import Path
 
 import docker
 import pytest
@@ -108,6 +109,12 @@ def test_credentials_are_nowhere_readable(manager: SessionManager, settings: Set
     container = docker_engine.containers.get(info.container_id)
     assert container.exec_run(["test", "-e", "/etc/sandbox-host/credentials"]).exit_code == 1
     assert secret not in json.dumps(container.attrs)
+    # The host directory the entrypoint was bound from: root-only, and the credentials are gone.
+    boot = Path(container.labels["io.sandbox-host.boot-dir"])
+    assert boot.parent == Path(settings.state_dir) / "boot"
+    assert (boot.stat().st_mode & 0o777, boot.stat().st_uid) == (0o700, 0)
+    assert (boot.parent.stat().st_mode & 0o777) == 0o700
+    assert sorted(p.name for p in boot.iterdir()) == ["entrypoint.sh"]
 
 
 def test_other_sessions_are_invisible(manager: SessionManager, storage: SessionStorage) -> None:
@@ -167,9 +174,12 @@ class _RecordingManager(SessionManager):
 
     discarded_logs: list[str] = []
 
-    def _discard(self, container, control):  # type: ignore[no-untyped-def]
+    served: list[bool] = []
+
+    def _discard(self, container, *dirs):  # type: ignore[no-untyped-def]
         self.discarded_logs.append(container.logs().decode(errors="replace"))
-        super()._discard(container, control)
+        self.served.append(any((Path(d) / "executor.sock").exists() for d in dirs))
+        super()._discard(container, *dirs)
 
 
 def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
@@ -177,7 +187,7 @@ def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
     """S3 accepts the launcher's check but s3fs gets refused: no session, executor never started."""
     bad = dataclasses.replace(settings, secret_key="not-the-secret")
     manager = _RecordingManager(bad, client=docker_engine, storage=storage)
-    manager.discarded_logs = []
+    manager.discarded_logs, manager.served = [], []
     with pytest.raises(SessionError, match="failed to start: s3fs exited") as err:
         manager.create(session_id())
     assert "not-the-secret" not in str(err.value)
@@ -185,6 +195,7 @@ def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
     assert len(manager.discarded_logs) == 1
     assert "executor started" not in manager.discarded_logs[0]
     assert "error: s3fs exited" in manager.discarded_logs[0]
+    assert manager.served == [False]  # the gated executor never opened its socket
 
 
 def test_killed_s3fs_is_reported_and_exec_refuses(manager: SessionManager, docker_engine: docker.DockerClient) -> None:
@@ -226,8 +237,11 @@ def test_container_is_confined(manager: SessionManager, docker_engine: docker.Do
 def test_stop_is_graceful_and_removes(manager: SessionManager, docker_engine: docker.DockerClient,
                                       settings: Settings) -> None:
     sid = session_id()
-    manager.create(sid)
+    labels = docker_engine.containers.get(manager.create(sid).container_id).labels
     assert manager.stop(sid) == 0
     assert containers_for(docker_engine, settings.bucket) == []
+    # Nothing of the session left on the host either.
+    assert not Path(labels["io.sandbox-host.boot-dir"]).exists()
+    assert not Path(labels["io.sandbox-host.control-dir"]).exists()
     # The id is free again.
     assert manager.create(sid).status == "running"

@@ -93,3 +93,29 @@ def test_client_refuses_a_socket_outside_the_container(tmp_path: Path) -> None:
         server.shutdown()
         server.server_close()
     assert received in ([], [b""])
+
+
+@pytest.mark.parametrize(("said", "serves"), [(b"go\n", True), (b"", False), (b"no\n", False), (b"go", False)])
+def test_gated_executor_serves_only_after_go(tmp_path: Path, said: bytes, serves: bool) -> None:
+    """Started early by the entrypoint, the executor binds no socket until it is told "go"."""
+    sock = tmp_path / "executor.sock"
+    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(sock), "--workspace", str(tmp_path),
+                             "--wait-for-go"], stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        time.sleep(0.3)
+        assert proc.poll() is None and not sock.exists()  # loaded, waiting, serving nothing
+        assert proc.stdin is not None
+        proc.stdin.write(said)
+        proc.stdin.close()
+        if serves:
+            deadline = time.monotonic() + 10
+            while not sock.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert sock.exists() and proc.poll() is None
+        else:
+            assert proc.wait(10) == 3
+            assert not sock.exists()
+            assert b"no go-ahead" in proc.stderr.read()
+    finally:
+        proc.kill()
+        proc.wait()
