@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 """The session executor: runs user code as the sandbox user in /workspace.
 
-Standard library only. It serves HTTP on a unix socket (so it works with every network
-mode, including none):
+Standard library only, and only its light modules: the executor starts in every session,
+so it speaks a small HTTP/1.1 subset itself (one request per connection, Content-Length
+bodies) instead of importing http.server, which costs more than half of its start-up. It
+serves on a unix socket (so it works with every network mode, including none):
 
   GET  /health  -> {"ok", "workspace", "workspace_mounted", "fstype", "detail"}
   POST /exec    {"argv": [...]} or {"code": "..."}, optional "timeout" (s), "stdin" (base64)
@@ -14,7 +16,6 @@ workspace would land in the container layer and be lost.
 
 from __future__ import annotations
 
-import argparse
 import base64
 import json
 import os
@@ -25,7 +26,6 @@ import subprocess
 import sys
 import threading
 import time
-from http.server import BaseHTTPRequestHandler
 from typing import IO
 
 MAX_OUTPUT = 16 * 1024 * 1024
@@ -33,6 +33,10 @@ MAX_REQUEST = 32 * 1024 * 1024
 DEFAULT_TIMEOUT = 60.0
 MAX_TIMEOUT = 24 * 3600.0
 EXIT_GRACE = 0.25  # seconds of output still collected after the command exits
+MAX_LINE = 8192  # request line and each header line
+MAX_HEADERS = 64
+REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Content Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
 
 
 def _unescape_mountinfo(path: str) -> str:
@@ -185,56 +189,97 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class Handler(BaseHTTPRequestHandler):
+class BadRequest(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def read_request(rfile: IO[bytes]) -> tuple[str, str, bytes] | None:
+    """One HTTP/1.x request: (method, path, body); None when the client sent nothing."""
+    line = rfile.readline(MAX_LINE + 1)
+    if not line:
+        return None
+    if len(line) > MAX_LINE or not line.endswith(b"\n"):
+        raise BadRequest(400, "request line too long or cut short")
+    parts = line.decode("latin-1").split()
+    if len(parts) != 3 or not parts[2].startswith("HTTP/1."):
+        raise BadRequest(400, "malformed request line")
+    method, path, _version = parts
+    headers: dict[str, str] = {}
+    for _ in range(MAX_HEADERS):
+        line = rfile.readline(MAX_LINE + 1)
+        if len(line) > MAX_LINE or not line.endswith(b"\n"):
+            raise BadRequest(431 if len(line) > MAX_LINE else 400, "header line too long or cut short")
+        if line in (b"\r\n", b"\n"):
+            break
+        name, sep, value = line.decode("latin-1").partition(":")
+        if not sep or not name.strip():
+            raise BadRequest(400, "malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    else:
+        raise BadRequest(431, f"more than {MAX_HEADERS} headers")
+    if "transfer-encoding" in headers:
+        raise BadRequest(400, "only Content-Length bodies are accepted")
+    try:
+        length = int(headers.get("content-length", "0"))
+    except ValueError:
+        raise BadRequest(400, "Content-Length is not a number") from None
+    if not 0 <= length <= MAX_REQUEST:
+        raise BadRequest(413, f"request body must be at most {MAX_REQUEST} bytes")
+    body = rfile.read(length) if length else b""
+    if len(body) != length:
+        raise BadRequest(400, "request body cut short")
+    return method, path, body
+
+
+class Handler(socketserver.StreamRequestHandler):
     server: "ExecutorServer"
-    protocol_version = "HTTP/1.1"
 
-    def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-    def address_string(self) -> str:
-        return "unix"
+    def handle(self) -> None:
+        try:
+            request = read_request(self.rfile)
+        except BadRequest as exc:
+            self._reply(exc.status, {"error": str(exc)})
+            return
+        if request is None:
+            return
+        method, path, body = request
+        status, answer = self.dispatch(method, path, body)
+        self._reply(status, answer)
 
     def _reply(self, status: int, body: dict[str, object]) -> None:
         data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self) -> None:  # noqa: N802 - stdlib name
-        if self.path == "/health":
-            health = workspace_health(self.server.runner.workspace)
-            self._reply(200 if health["ok"] else 503, health)
-        else:
-            self._reply(404, {"error": f"no such endpoint {self.path}"})
-
-    def do_POST(self) -> None:  # noqa: N802 - stdlib name
-        if self.path != "/exec":
-            self._reply(404, {"error": f"no such endpoint {self.path}"})
-            return
+        head = (f"HTTP/1.1 {status} {REASONS.get(status, 'Error')}\r\nContent-Type: application/json\r\n"
+                f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n")
         try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if not 0 < length <= MAX_REQUEST:
-            self._reply(400, {"error": f"request body must be 1..{MAX_REQUEST} bytes"})
-            return
+            self.wfile.write(head.encode("latin-1") + data)
+        except OSError:
+            pass  # the client went away; nothing to tell it
+
+    def dispatch(self, method: str, path: str, body: bytes) -> tuple[int, dict[str, object]]:
+        runner = self.server.runner
+        if path == "/health":
+            if method != "GET":
+                return 405, {"error": "use GET /health"}
+            health = workspace_health(runner.workspace)
+            return (200 if health["ok"] else 503), health
+        if path != "/exec":
+            return 404, {"error": f"no such endpoint {path}"}
+        if method != "POST":
+            return 405, {"error": "use POST /exec"}
+        if not body:
+            return 400, {"error": f"request body must be 1..{MAX_REQUEST} bytes"}
         try:
-            request = json.loads(self.rfile.read(length))
-            argv, timeout, stdin = _parse_exec(request)
+            argv, timeout, stdin = _parse_exec(json.loads(body))
         except (ValueError, TypeError) as exc:
-            self._reply(400, {"error": str(exc)})
-            return
-        if self.server.runner.stopping:
-            self._reply(503, {"error": "the session is stopping"})
-            return
-        health = workspace_health(self.server.runner.workspace)
+            return 400, {"error": str(exc)}
+        if runner.stopping:
+            return 503, {"error": "the session is stopping"}
+        health = workspace_health(runner.workspace)
         if not health["ok"]:
-            self._reply(503, {"error": "refusing to run: " + str(health["detail"]), "health": health})
-            return
-        self._reply(200, self.server.runner.run(argv, timeout, stdin))
+            return 503, {"error": "refusing to run: " + str(health["detail"]), "health": health}
+        return 200, runner.run(argv, timeout, stdin)
 
 
 def _parse_exec(request: object) -> tuple[list[str], float, bytes]:
@@ -311,18 +356,39 @@ def wait_for_go(stream: IO[bytes]) -> bool:
     return line == b"go\n"
 
 
+USAGE = "usage: executor.py --socket PATH [--workspace DIR] [--wait-for-go]"
+
+
+def parse_args(argv: list[str]) -> tuple[str, str, bool]:
+    """--socket PATH, --workspace DIR (default /workspace), --wait-for-go: read "go" from stdin
+    before serving. Parsed by hand: argparse alone costs a tenth of the start-up."""
+    socket_path, workspace, gated = None, "/workspace", False
+    args = iter(argv)
+    for arg in args:
+        if arg in ("--socket", "--workspace"):
+            value = next(args, None)
+            if value is None:
+                raise SystemExit(f"{USAGE}\nexecutor.py: {arg} needs a value")
+            if arg == "--socket":
+                socket_path = value
+            else:
+                workspace = value
+        elif arg == "--wait-for-go":
+            gated = True
+        else:
+            raise SystemExit(f"{USAGE}\nexecutor.py: unknown argument {arg!r}")
+    if socket_path is None:
+        raise SystemExit(f"{USAGE}\nexecutor.py: --socket is required")
+    return socket_path, workspace, gated
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True)
-    parser.add_argument("--workspace", default="/workspace")
-    parser.add_argument("--wait-for-go", action="store_true",
-                        help='read "go" from stdin before serving (the entrypoint proves the workspace first)')
-    args = parser.parse_args(argv)
-    if args.wait_for_go and not wait_for_go(sys.stdin.buffer):
+    socket_path, workspace, gated = parse_args(sys.argv[1:] if argv is None else argv)
+    if gated and not wait_for_go(sys.stdin.buffer):
         print("executor: no go-ahead from the entrypoint; not serving", file=sys.stderr)
         return 3
-    os.chdir(args.workspace)  # only now: before the mount, this would be the empty directory under it
-    return serve(args.socket, args.workspace)
+    os.chdir(workspace)  # only now: before the mount, this would be the empty directory under it
+    return serve(socket_path, workspace)
 
 
 if __name__ == "__main__":

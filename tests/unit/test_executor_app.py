@@ -119,3 +119,55 @@ def test_gated_executor_serves_only_after_go(tmp_path: Path, said: bytes, serves
     finally:
         proc.kill()
         proc.wait()
+
+
+@pytest.mark.parametrize(("raw", "status", "error"), [
+    (b"GET /health\r\n\r\n", 400, "malformed request line"),
+    (b"GET /nowhere HTTP/1.1\r\n\r\n", 404, "no such endpoint /nowhere"),
+    (b"POST /health HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}", 405, "use GET /health"),
+    (b"GET /exec HTTP/1.1\r\n\r\n", 405, "use POST /exec"),
+    (b"POST /exec HTTP/1.1\r\n\r\n", 400, "request body must be"),
+    (b"POST /exec HTTP/1.1\r\nContent-Length: 9999999999\r\n\r\n", 413, "at most"),
+    (b"POST /exec HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n", 400, "Content-Length bodies"),
+    (b"POST /exec HTTP/1.1\r\nContent-Length: x\r\n\r\n", 400, "not a number"),
+    (b"POST /exec HTTP/1.1\r\nContent-Length: 10\r\n\r\n{}", 400, "cut short"),
+    (b"POST /exec HTTP/1.1\r\nContent-Length: 11\r\n\r\n{\"argv\": 5}", 400, "argv must be"),
+    (b"GET /health HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "more than 64 headers"),
+    (b"GET /health HTTP/1.1\r\nX-A: " + b"b" * 9000 + b"\r\n\r\n", 431, "too long"),
+])
+def test_http_subset_rejects_what_it_does_not_speak(tmp_path: Path, raw: bytes, status: int, error: str) -> None:
+    """The executor parses HTTP itself: every malformed or unsupported request gets a clear status."""
+    import json
+    import socket
+
+    sock_path = tmp_path / "executor.sock"
+    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(sock_path), "--workspace", str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 10
+        while not sock_path.exists():
+            assert time.monotonic() < deadline, "executor did not start"
+            time.sleep(0.02)
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(10)
+            sock.connect(str(sock_path))
+            sock.sendall(raw)
+            sock.shutdown(socket.SHUT_WR)
+            answer = b""
+            while chunk := sock.recv(65536):
+                answer += chunk
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode()
+        assert b"Connection: close" in head and f"Content-Length: {len(body)}".encode() in head
+        assert error in json.loads(body)["error"]
+    finally:
+        proc.terminate()
+        assert proc.wait(10) == 0
+
+
+def test_executor_arguments_are_checked() -> None:
+    app = load_app()
+    assert app.parse_args(["--socket", "/s", "--wait-for-go"]) == ("/s", "/workspace", True)
+    for bad, message in ((["--socket"], "needs a value"), ([], "--socket is required"),
+                         (["--socket", "/s", "--bogus"], "unknown argument")):
+        with pytest.raises(SystemExit, match=message):
+            app.parse_args(bad)
