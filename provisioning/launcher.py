@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 import shutil
 import threading
 import time
@@ -19,7 +20,7 @@ from . import render, validation
 from .config import Settings
 from .executor_client import ExecResult, ExecutorClient, ExecutorError
 from .hostinfo import docker_client
-from .mounts import BootFile, InContainerFuse, MountStrategy
+from .mounts import BootFile, ContainerPlan, InContainerFuse, MountStrategy
 from .storage import SessionStorage
 
 LABEL_MANAGED = "io.sandbox-host.managed"
@@ -158,37 +159,66 @@ class SessionManager:
         )
 
     # -- create -------------------------------------------------------------------------
-    def _control_dir(self, session_id: str) -> Path:
-        return Path(self.settings.state_dir) / "sessions" / session_id
+    def _prepare_dirs(self, session_id: str, settings: Settings, files: list[BootFile]) -> tuple[Path, Path]:
+        """This launch's host directories, named uniquely so that a create that loses a race for
+        the id (or finds it taken) never touches a live session's directories.
 
-    def _prepare_control_dir(self, session_id: str, settings: Settings) -> Path:
-        path = self._control_dir(session_id)
-        if path.exists():
-            shutil.rmtree(path)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
-        path.mkdir(mode=0o700)
-        os.chown(path, settings.uid, settings.gid)
-        return path
-
-    def _boot_dir(self, session_id: str) -> Path:
-        return Path(self.settings.state_dir) / "boot" / session_id
-
-    def _prepare_boot_dir(self, session_id: str, files: list[BootFile]) -> Path:
-        """A root-only directory holding the entrypoint and the credentials, bound at render.BOOT_DIR.
-
-        Binding it costs nothing at start, where copying files in through the Docker API costs a
-        mount of the container's filesystem (about 65 ms per launch, measured)."""
-        path = self._boot_dir(session_id)
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        os.chmod(path.parent, 0o700)
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(mode=0o700)
+        - control (bound at render.CONTROL_DIR, owned by the sandbox user): the executor's socket;
+        - boot (bound at render.BOOT_DIR, root only): the entrypoint and the credentials. Binding
+          it costs nothing at start, where copying files in through the Docker API costs a mount
+          of the container's filesystem (about 65 ms a launch, measured)."""
+        attempt = f"{session_id}.{secrets.token_hex(4)}"  # '.' never occurs in a session id
+        state = Path(settings.state_dir)
+        control, boot = state / "sessions" / attempt, state / "boot" / attempt
+        control.parent.mkdir(parents=True, exist_ok=True, mode=0o711)
+        boot.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chmod(boot.parent, 0o700)
+        control.mkdir(mode=0o700)
+        os.chown(control, settings.uid, settings.gid)
+        boot.mkdir(mode=0o700)
         for item in files:
-            fd = os.open(path / item.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, item.mode)
+            fd = os.open(boot / item.name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, item.mode)
             with os.fdopen(fd, "wb") as handle:
                 handle.write(item.data)
-        return path
+        return control, boot
+
+    @staticmethod
+    def _session_dirs(container: Container) -> list[Path]:
+        return [Path(container.labels[label]) for label in (LABEL_CONTROL, LABEL_BOOT) if container.labels.get(label)]
+
+    def _create_container(self, sid: str, settings: Settings, plan: ContainerPlan, control: Path,
+                          boot: Path) -> Container:
+        labels = {
+            LABEL_MANAGED: "true",
+            LABEL_SESSION: sid,
+            LABEL_BUCKET: settings.bucket,
+            LABEL_STRATEGY: self.strategy.name,
+            LABEL_CONTROL: str(control),
+            LABEL_BOOT: str(boot),
+            LABEL_UID: str(settings.uid),
+        }
+        return self.client.containers.create(
+            settings.image,
+            name=container_name(sid),
+            labels=labels,
+            network_mode=settings.network,
+            devices=plan.devices,
+            cap_drop=["ALL"],
+            cap_add=plan.cap_add,
+            security_opt=plan.security_opt,
+            tmpfs=plan.tmpfs,
+            volumes={
+                str(control): {"bind": render.CONTROL_DIR, "mode": "rw"},
+                # rw: the entrypoint deletes the credentials once read.
+                str(boot): {"bind": render.BOOT_DIR, "mode": "rw"},
+            },
+            mem_limit=settings.memory,
+            memswap_limit=settings.memory,
+            nano_cpus=int(settings.cpus * 1e9),
+            pids_limit=settings.pids_limit,
+            init=False,
+            detach=True,
+        )
 
     def create(self, session_id: str) -> SessionInfo:
         """Start a session and wait until its executor reports a mounted workspace."""
@@ -199,66 +229,44 @@ class SessionManager:
         self.strategy.check(settings)
         plan = self.strategy.plan(sid, settings, credentials)  # renders: every input checked here
 
-        existing = self._find(sid)
-        if existing is not None:
-            if existing.status in ("running", "created", "restarting", "paused"):
-                raise SessionExists(
-                    f"session {sid} already exists (container {existing.short_id}, {existing.status}); "
-                    "stop it first or use another id"
-                )
-            existing.remove(force=True)  # an ended session's leftover container
-
-        try:
-            self.client.images.get(settings.image)
-        except docker.errors.ImageNotFound:
-            raise SessionError(f"image {settings.image} not found; build it with 'sandbox-host image build'") from None
-
         storage = self.storage
         if not self._bucket_checked:
             storage.ensure_bucket()  # also proves the endpoint and credentials before any container
             self._bucket_checked = True
         storage.ensure_root(sid)
 
-        control = self._prepare_control_dir(sid, settings)
-        boot = self._prepare_boot_dir(sid, plan.boot_files)
-        labels = {
-            LABEL_MANAGED: "true",
-            LABEL_SESSION: sid,
-            LABEL_BUCKET: settings.bucket,
-            LABEL_STRATEGY: self.strategy.name,
-            LABEL_CONTROL: str(control),
-            LABEL_BOOT: str(boot),
-            LABEL_UID: str(settings.uid),
-        }
+        control, boot = self._prepare_dirs(sid, settings, plan.boot_files)
+        # Docker itself says whether the image exists and whether the name is taken: no lookups
+        # before the create (each a round trip on every launch).
+        container = None
         try:
-            container = self.client.containers.create(
-                settings.image,
-                name=container_name(sid),
-                labels=labels,
-                network_mode=settings.network,
-                devices=plan.devices,
-                cap_drop=["ALL"],
-                cap_add=plan.cap_add,
-                security_opt=plan.security_opt,
-                tmpfs=plan.tmpfs,
-                volumes={
-                    str(control): {"bind": render.CONTROL_DIR, "mode": "rw"},
-                    # rw: the entrypoint deletes the credentials once read.
-                    str(boot): {"bind": render.BOOT_DIR, "mode": "rw"},
-                },
-                mem_limit=settings.memory,
-                memswap_limit=settings.memory,
-                nano_cpus=int(settings.cpus * 1e9),
-                pids_limit=settings.pids_limit,
-                init=False,
-                detach=True,
-            )
-        except docker.errors.APIError as exc:
+            for _attempt in range(2):
+                try:
+                    container = self._create_container(sid, settings, plan, control, boot)
+                    break
+                except docker.errors.ImageNotFound:
+                    raise SessionError(
+                        f"image {settings.image} not found; build it with 'sandbox-host image build'"
+                    ) from None
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise SessionError(
+                            f"cannot create the container for session {sid}: {exc.explanation}"
+                        ) from None
+                    existing = self._find(sid)
+                    if existing is not None and existing.status in ("exited", "dead"):
+                        self._discard(existing, *self._session_dirs(existing))  # an ended session's leftover
+                        continue
+                    state = f"container {existing.short_id}, {existing.status}" if existing else "being created"
+                    raise SessionExists(
+                        f"session {sid} already exists ({state}); stop it first or use another id"
+                    ) from None
+            if container is None:
+                raise SessionExists(f"session {sid} already exists (a concurrent create won)")
+        except BaseException:
             for path in (control, boot):
                 shutil.rmtree(path, ignore_errors=True)
-            if exc.status_code == 409:
-                raise SessionExists(f"session {sid} already exists (a concurrent create won)") from None
-            raise SessionError(f"cannot create the container for session {sid}: {exc.explanation}") from None
+            raise
 
         # The area markers go up while the container starts; s3fs needs only the root marker.
         areas = _Background(storage.ensure_areas, sid)
@@ -341,11 +349,9 @@ class SessionManager:
     def stop(self, session_id: str, timeout: int = 30) -> int:
         """Graceful stop (SIGTERM: the entrypoint flushes and unmounts), then remove. Returns the exit code."""
         container = self.get(session_id)
-        control = Path(container.labels.get(LABEL_CONTROL, self._control_dir(session_id)))
-        boot = Path(container.labels.get(LABEL_BOOT, self._boot_dir(session_id)))
         if container.status == "running":
             container.stop(timeout=timeout)
         result = container.wait(timeout=timeout + 30)
         code = int(result.get("StatusCode", -1))
-        self._discard(container, control, boot)
+        self._discard(container, *self._session_dirs(container))
         return code

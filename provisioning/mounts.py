@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+import jinja2
+
 from . import render
 from .config import Credentials, Settings
 from .hostinfo import apparmor_enforced
@@ -68,6 +70,7 @@ class InContainerFuse:
 
     def __init__(self, apparmor: bool | None = None) -> None:
         self._apparmor = apparmor
+        self._templates: jinja2.Environment | None = None  # compiled once, reused by every launch
 
     def check(self, settings: Settings) -> None:
         if settings.network == "none":
@@ -77,7 +80,9 @@ class InContainerFuse:
             )
 
     def plan(self, session_id: str, settings: Settings, credentials: Credentials) -> ContainerPlan:
-        entrypoint = render.render_entrypoint(session_id, settings)
+        if self._templates is None:
+            self._templates = render.environment()
+        entrypoint = render.render_entrypoint(session_id, settings, self._templates)
         security = ["no-new-privileges"]
         apparmor = apparmor_enforced() if self._apparmor is None else self._apparmor
         if apparmor:

@@ -215,10 +215,36 @@ def test_second_create_of_live_session_is_an_error(manager: SessionManager, dock
                                                    settings: Settings) -> None:
     sid = session_id()
     manager.create(sid)
+    sessions_before = sorted((Path(settings.state_dir) / "sessions").iterdir())
     with pytest.raises(SessionExists, match="already exists"):
         manager.create(sid)
     assert len(containers_for(docker_engine, settings.bucket)) == 1
     assert [s.session_id for s in manager.list() if s.bucket == settings.bucket] == [sid]
+    # The refused create left the live session's directories alone and took its own away.
+    assert sorted((Path(settings.state_dir) / "sessions").iterdir()) == sessions_before
+    assert manager.health(sid)["ok"] is True
+
+
+def test_ended_session_leftover_is_replaced(manager: SessionManager, docker_engine: docker.DockerClient,
+                                            settings: Settings) -> None:
+    sid = session_id()
+    old = docker_engine.containers.get(manager.create(sid).container_id)
+    old.kill()
+    old.wait(timeout=30)
+    info = manager.create(sid)
+    assert info.container_id != old.id and manager.health(sid)["ok"] is True
+    assert not Path(old.labels["io.sandbox-host.control-dir"]).exists()
+
+
+def test_missing_image_names_the_fix(settings: Settings, docker_engine: docker.DockerClient,
+                                     storage: SessionStorage) -> None:
+    missing = dataclasses.replace(settings, image="sandbox-executor:no-such-tag")
+    state = Path(settings.state_dir)
+    before = {d: sorted((state / d).iterdir()) for d in ("sessions", "boot") if (state / d).exists()}
+    with pytest.raises(SessionError, match="not found; build it with 'sandbox-host image build'"):
+        SessionManager(missing, client=docker_engine, storage=storage).create(session_id())
+    assert containers_for(docker_engine, settings.bucket) == []
+    assert {d: sorted((state / d).iterdir()) for d in before} == before
 
 
 def test_container_is_confined(manager: SessionManager, docker_engine: docker.DockerClient,
