@@ -115,9 +115,23 @@ def bench_launch(manager: SessionManager, image: str, runs: int) -> dict[str, An
     return result
 
 
+def bare_docker_batch(image: str, size: int) -> dict[str, Any]:
+    """The concurrency baseline: `size` plain `docker run --rm IMAGE true` started at once."""
+    def run(_: int) -> float:
+        t = time.perf_counter()
+        subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "true", image], check=True)
+        return time.perf_counter() - t
+
+    t = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
+        times = list(pool.map(run, range(size)))
+    return {"wall_s": round(time.perf_counter() - t, 3), "per_run": summary(times)}
+
+
 def bench_concurrency(manager: SessionManager, storage: SessionStorage, batches: list[int]) -> dict[str, Any]:
     results = {}
     for size in batches:
+        bare = bare_docker_batch(manager.settings.image, size)
         ids = [f"conc{size}x{i}" for i in range(size)]
 
         def create(sid: str) -> float:
@@ -146,7 +160,7 @@ def bench_concurrency(manager: SessionManager, storage: SessionStorage, batches:
         with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
             list(pool.map(lambda s: manager.stop(s), [s for s in ids if not any(s in f for f in failures)]))
         results[str(size)] = {"wall_s": round(wall, 3), "per_session": summary(times) if times else None,
-                              "failures": failures, "isolated": isolated}
+                              "failures": failures, "isolated": isolated, "bare_docker_run": bare}
     return results
 
 
@@ -293,11 +307,21 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         lines.append(f"| {key.replace('_', ' ')} | {launch[key]['p50']} | {launch[key]['p95']} |")
     lines += ["", f"Session create / bare `docker run`: p50 {launch['ratio_to_bare']['p50']}x, "
               f"p95 {launch['ratio_to_bare']['p95']}x; the mount's own cost (p50): {launch['mount_cost_p50_s']} s.", "",
-              "## Concurrency", "", "| sessions at once | wall (s) | per-session p50 | per-session p95 | failures | isolated |",
-              "|---|---|---|---|---|---|"]
+              "## Concurrency", "",
+              "Each batch of sessions next to the same number of bare `docker run --rm IMAGE true` started at once.", "",
+              "| sessions at once | wall (s) | per-session p50 | per-session p95 | failures | isolated "
+              "| bare docker run: wall (s) | bare per-run p95 |",
+              "|---|---|---|---|---|---|---|---|"]
     for size, row in results["concurrency"].items():
         per = row["per_session"] or {"p50": "-", "p95": "-"}
-        lines.append(f"| {size} | {row['wall_s']} | {per['p50']} | {per['p95']} | {len(row['failures'])} | {row['isolated']} |")
+        bare = row["bare_docker_run"]
+        lines.append(f"| {size} | {row['wall_s']} | {per['p50']} | {per['p95']} | {len(row['failures'])} | {row['isolated']} "
+                     f"| {bare['wall_s']} | {bare['per_run']['p95']} |")
+    largest = results["concurrency"][max(results["concurrency"], key=int)]
+    if largest["per_session"]:
+        lines += ["", f"Largest batch: per-session p95 is {round(largest['per_session']['p95'] / launch['session_create']['p50'], 1)}x "
+                  f"a single launch (p50); the bare `docker run` batch's p95 is "
+                  f"{round(largest['bare_docker_run']['per_run']['p95'] / launch['bare_docker_run']['p50'], 1)}x a single bare run."]
     lines += ["", "## Workspace I/O (s3fs in the session against boto3 from the host, same S3 server)", "",
               "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 "
               "| small create files/s | small list s | small read files/s |",

@@ -25,6 +25,7 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
         assert 0 < launch[key]["p50"] <= launch[key]["p95"] and launch[key]["n"] == 2
     for size, row in results["concurrency"].items():
         assert row["failures"] == [] and row["isolated"] == int(size)
+        assert row["bare_docker_run"]["per_run"]["n"] == int(size) and row["bare_docker_run"]["wall_s"] > 0
     for row in results["io"].values():
         assert {"boto3", "s3fs:defaults"} <= set(row)
         assert all(r["write_MBps"] > 0 and r["read_MBps"] > 0 and r["small_read_fps"] > 0 for r in row.values())
