@@ -271,3 +271,29 @@ def test_stop_is_graceful_and_removes(manager: SessionManager, docker_engine: do
     assert not Path(labels["io.sandbox-host.control-dir"]).exists()
     # The id is free again.
     assert manager.create(sid).status == "running"
+
+
+def test_file_larger_than_staging_fails_loudly(manager: SessionManager, storage: SessionStorage,
+                                               settings: Settings) -> None:
+    """A file bigger than s3fs's staging tmpfs: the write fails where user code sees it, or the
+    object is complete in S3. Never a success report with a short or missing object."""
+    sid = session_id()
+    manager.create(sid)
+    mb = 120  # the default tmpfs is 100 MB
+    assert settings.tmp_size == "100m"
+    result = manager.exec(sid, argv=["sh", "-c", f"dd if=/dev/zero of=artifacts/big bs=1M count={mb} 2>&1"],
+                          timeout=600)
+    manager.stop(sid)
+    size = _object_size(storage, settings.bucket, f"sessions/{sid}/artifacts/big")
+    if result.exit_code == 0:
+        assert size == mb << 20, f"dd reported success but S3 holds {size} bytes"
+    else:
+        assert b"Input/output error" in result.stdout or b"No space left" in result.stdout, result.stdout
+        assert size in (None, 0), f"a failed write left a partial object of {size} bytes"
+
+
+def _object_size(storage: SessionStorage, bucket: str, key: str) -> int | None:
+    try:
+        return int(storage.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except storage.client.exceptions.ClientError:
+        return None
