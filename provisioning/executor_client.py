@@ -56,7 +56,8 @@ def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
     return pid, uid, gid
 
 
-def _process_in_container(pid: int, container_id: str) -> bool:
+def process_in_container(pid: int, container_id: str) -> bool:
+    """Whether host PID ``pid`` is alive and inside the given container (by its cgroup)."""
     try:
         cgroups = Path(f"/proc/{pid}/cgroup").read_text()
     except OSError:
@@ -87,7 +88,7 @@ class ExecutorClient:
             sock.settimeout(timeout)
             sock.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
             pid, uid, _gid = peer_credentials(sock)
-            if uid != self.uid or not _process_in_container(pid, self.container_id):
+            if uid != self.uid or not process_in_container(pid, self.container_id):
                 raise ExecutorError(
                     f"refusing executor socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) "
                     f"is not the sandbox user in container {self.container_id[:12]}"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import textwrap
+import time
 from pathlib import Path
 
 import docker
@@ -297,3 +298,24 @@ def _object_size(storage: SessionStorage, bucket: str, key: str) -> int | None:
         return int(storage.client.head_object(Bucket=bucket, Key=key)["ContentLength"])
     except storage.client.exceptions.ClientError:
         return None
+
+
+def test_entrypoint_death_is_seen_quickly(manager: SessionManager, docker_engine: docker.DockerClient,
+                                          settings: Settings, tmp_path: Path) -> None:
+    """After Docker names the entrypoint's PID, /proc (not Docker) watches it: a death is seen in ms."""
+    control = tmp_path / "control"
+    control.mkdir()
+    container = docker_engine.containers.run(
+        settings.image, entrypoint=["sh", "-c", "sleep 0.8; exit 3"], detach=True, network_mode="none",
+        labels={"io.sandbox-host.control-dir": str(control), "io.sandbox-host.bucket": settings.bucket})
+    inspections = []
+    reload = container.reload
+    container.reload = lambda: (inspections.append(1), reload())[1]  # type: ignore[method-assign]
+    try:
+        started = time.monotonic()
+        with pytest.raises(SessionError, match="entrypoint exited before the workspace was ready"):
+            manager._wait_ready(container, timeout=20)
+        assert 0.7 < time.monotonic() - started < 5
+        assert len(inspections) == 1  # Docker gave the PID once; /proc did the watching
+    finally:
+        container.remove(force=True)
