@@ -165,20 +165,24 @@ def bench_concurrency(manager: SessionManager, storage: SessionStorage, batches:
 
 
 IO_SCRIPT = textwrap.dedent("""
-    import json, os, sys, time
-    mb, files = int(sys.argv[1]), int(sys.argv[2])
+    import json, os, statistics, sys, time
+    mb, files, reps = int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
     chunk = os.urandom(1 << 20)
     out = {}
-    t = time.perf_counter()
-    with open("artifacts/seq.bin", "wb") as f:
-        for _ in range(mb):
-            f.write(chunk)
-    out["write_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    with open("artifacts/seq.bin", "rb") as f:
-        while f.read(1 << 20):
-            pass
-    out["read_s"] = time.perf_counter() - t
+    writes, reads = [], []
+    for _ in range(reps):  # the medians go out: one run on a shared machine says little
+        t = time.perf_counter()
+        with open("artifacts/seq.bin", "wb") as f:
+            for _ in range(mb):
+                f.write(chunk)
+        writes.append(time.perf_counter() - t)
+        t = time.perf_counter()
+        with open("artifacts/seq.bin", "rb") as f:
+            while f.read(1 << 20):
+                pass
+        reads.append(time.perf_counter() - t)
+        os.remove("artifacts/seq.bin")
+    out["write_s"], out["read_s"] = statistics.median(writes), statistics.median(reads)
     os.mkdir("artifacts/small")
     data = os.urandom(4096)
     t = time.perf_counter()
@@ -205,23 +209,27 @@ def io_rates(raw: dict[str, float], mb: int, files: int) -> dict[str, float]:
             "small_read_fps": round(files / raw["small_read_s"], 1)}
 
 
-def boto3_io(settings: Settings, mb: int, files: int) -> dict[str, float]:
+def boto3_io(settings: Settings, mb: int, files: int, reps: int = 1) -> dict[str, float]:
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name="us-east-1",
                       aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
                       config=botocore.config.Config(s3={"addressing_style": "path"}))
     prefix = f"sessions/boto3-{uuid.uuid4().hex[:8]}/artifacts/"
     payload = os.urandom(mb << 20)
     raw = {}
-    with tempfile.TemporaryFile() as handle:
-        handle.write(payload)
-        handle.seek(0)
-        t = time.perf_counter()
-        s3.upload_fileobj(handle, settings.bucket, prefix + "seq.bin")
-        raw["write_s"] = time.perf_counter() - t
-    with tempfile.TemporaryFile() as handle:
-        t = time.perf_counter()
-        s3.download_fileobj(settings.bucket, prefix + "seq.bin", handle)
-        raw["read_s"] = time.perf_counter() - t
+    writes, reads = [], []
+    for _ in range(reps):
+        with tempfile.TemporaryFile() as handle:
+            handle.write(payload)
+            handle.seek(0)
+            t = time.perf_counter()
+            s3.upload_fileobj(handle, settings.bucket, prefix + "seq.bin")
+            writes.append(time.perf_counter() - t)
+        with tempfile.TemporaryFile() as handle:
+            t = time.perf_counter()
+            s3.download_fileobj(settings.bucket, prefix + "seq.bin", handle)
+            reads.append(time.perf_counter() - t)
+        s3.delete_object(Bucket=settings.bucket, Key=prefix + "seq.bin")
+    raw["write_s"], raw["read_s"] = statistics.median(writes), statistics.median(reads)
     data = os.urandom(4096)
     t = time.perf_counter()
     for i in range(files):
@@ -239,17 +247,19 @@ def boto3_io(settings: Settings, mb: int, files: int) -> dict[str, float]:
     return io_rates(raw, mb, files)
 
 
-def bench_io(manager: SessionManager, sizes: list[int], files: int, variants: dict[str, dict[str, object]]) -> dict[str, Any]:
+def bench_io(manager: SessionManager, sizes: list[int], files: int, variants: dict[str, dict[str, object]],
+             reps: int = 1) -> dict[str, Any]:
+    """Sequential write/read: the median of `reps` runs; small files: one run."""
     results: dict[str, Any] = {}
     for mb in sizes:
-        row: dict[str, Any] = {"boto3": boto3_io(manager.settings, mb, files)}
+        row: dict[str, Any] = {"boto3": boto3_io(manager.settings, mb, files, reps)}
         for number, (name, options) in enumerate(variants.items()):
             sid = f"io{mb}v{number}"
             variant = SessionManager(replace(manager.settings, s3fs_options=options, memory="2g", tmp_size="600m"),
                                      client=manager.client)
             variant.create(sid)
             try:
-                result = variant.exec(sid, argv=["python3", "-c", IO_SCRIPT, str(mb), str(files)], timeout=1800)
+                result = variant.exec(sid, argv=["python3", "-c", IO_SCRIPT, str(mb), str(files), str(reps)], timeout=1800)
                 if result.exit_code != 0:
                     raise RuntimeError(f"I/O script failed in {sid}: {result.stderr.decode()[-500:]}")
                 rates = io_rates(json.loads(result.stdout), mb, files)
@@ -323,6 +333,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   f"a single launch (p50); the bare `docker run` batch's p95 is "
                   f"{round(largest['bare_docker_run']['per_run']['p95'] / launch['bare_docker_run']['p50'], 1)}x a single bare run."]
     lines += ["", "## Workspace I/O (s3fs in the session against boto3 from the host, same S3 server)", "",
+              f"Sequential write and read: the median of {results.get('io_repetitions', 1)} runs each; small files: one run. "
+              "The I/O sessions get a 600 MB `/tmp` (s3fs stages whole files there; see the README on large files).", "",
               "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 "
               "| small create files/s | small list s | small read files/s |",
               "|---|---|---|---|---|---|---|---|---|"]
@@ -396,9 +408,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-provisioning", action="store_true", help="skip the converge of a fresh test host")
     args = parser.parse_args(argv)
     if args.smoke:
-        runs, batches, sizes, files, variants = 2, [1, 2], [2], 20, {"defaults": {}, "enable_noobj_cache": {"enable_noobj_cache": True}}
+        runs, batches, sizes, files, variants, reps = 2, [1, 2], [2], 20, {"defaults": {}, "enable_noobj_cache": {"enable_noobj_cache": True}}, 1
     else:
-        runs, batches, sizes, files, variants = 20, [1, 5, 10, 20], [64, 256], 1000, VARIANTS_FULL
+        runs, batches, sizes, files, variants, reps = 20, [1, 5, 10, 20], [64, 256], 1000, VARIANTS_FULL, 3
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = docker_client(timeout=900)
@@ -420,7 +432,8 @@ def main(argv: list[str] | None = None) -> int:
         print("concurrency ...", file=sys.stderr, flush=True)
         results["concurrency"] = bench_concurrency(manager, storage, batches)
         print("workspace I/O ...", file=sys.stderr, flush=True)
-        results["io"] = bench_io(manager, sizes, files, variants)
+        results["io"] = bench_io(manager, sizes, files, variants, reps)
+        results["io_repetitions"] = reps
         results["image"] = image_sizes(build)
         if not args.smoke and not args.no_provisioning:
             print("provisioning ...", file=sys.stderr, flush=True)
