@@ -70,13 +70,18 @@ class S3Process:
         self.proc.wait(10)
 
 
+def bare_docker_run(image: str) -> float:
+    """The baseline: `docker run --rm IMAGE true`, host network like the sessions; seconds."""
+    t = time.perf_counter()
+    subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "true", image], check=True)
+    return time.perf_counter() - t
+
+
 def bench_launch(manager: SessionManager, image: str, runs: int) -> dict[str, Any]:
     client = manager.client
     bare, unmounted, session = [], [], []
     for i in range(runs + 1):  # round 0 warms caches and is dropped
-        t = time.perf_counter()
-        subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "true", image], check=True)
-        b = time.perf_counter() - t
+        b = bare_docker_run(image)
 
         control = Path(tempfile.mkdtemp(prefix="bench-nomount-", dir="/run"))
         os.chown(control, 1000, 1000)
@@ -117,14 +122,9 @@ def bench_launch(manager: SessionManager, image: str, runs: int) -> dict[str, An
 
 def bare_docker_batch(image: str, size: int) -> dict[str, Any]:
     """The concurrency baseline: `size` plain `docker run --rm IMAGE true` started at once."""
-    def run(_: int) -> float:
-        t = time.perf_counter()
-        subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "true", image], check=True)
-        return time.perf_counter() - t
-
     t = time.perf_counter()
     with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
-        times = list(pool.map(run, range(size)))
+        times = list(pool.map(bare_docker_run, [image] * size))
     return {"wall_s": round(time.perf_counter() - t, 3), "per_run": summary(times)}
 
 

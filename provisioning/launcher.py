@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import secrets
 import shutil
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -64,27 +63,6 @@ class SessionInfo:
 
 def container_name(session_id: str) -> str:
     return f"sandbox-{validation.session_id(session_id)}"
-
-
-class _Background(threading.Thread):
-    """Run one call beside the launch; ``result()`` waits for it and re-raises its error."""
-
-    def __init__(self, func: Callable[[str], None], arg: str) -> None:
-        super().__init__(daemon=True, name=f"sandbox-host-{func.__name__}")
-        self._func, self._arg = func, arg
-        self._error: BaseException | None = None
-        self.start()
-
-    def run(self) -> None:
-        try:
-            self._func(self._arg)
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller by result()
-            self._error = exc
-
-    def result(self) -> None:
-        self.join()
-        if self._error is not None:
-            raise self._error
 
 
 class SessionManager:
@@ -269,7 +247,9 @@ class SessionManager:
             raise
 
         # The area markers go up while the container starts; s3fs needs only the root marker.
-        areas = _Background(storage.ensure_areas, sid)
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="sandbox-host-areas")
+        areas = pool.submit(storage.ensure_areas, sid)
+        pool.shutdown(wait=False)  # the one task still runs; result() below waits for it
         try:
             container.start()
             self._wait_ready(container, settings.ready_timeout)
@@ -277,7 +257,7 @@ class SessionManager:
         except BaseException as exc:
             reason = self._failure_reason(container) if isinstance(exc, SessionError | ExecutorError) else None
             self._discard(container, control, boot)
-            areas.join()
+            concurrent.futures.wait([areas])
             if reason:
                 raise SessionError(f"session {sid} failed to start: {reason}") from None
             raise

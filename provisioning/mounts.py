@@ -70,7 +70,7 @@ class InContainerFuse:
 
     def __init__(self, apparmor: bool | None = None) -> None:
         self._apparmor = apparmor
-        self._templates: jinja2.Environment | None = None  # compiled once, reused by every launch
+        self._templates: jinja2.Environment = render.environment()  # the template compiles once
 
     def check(self, settings: Settings) -> None:
         if settings.network == "none":
@@ -80,8 +80,6 @@ class InContainerFuse:
             )
 
     def plan(self, session_id: str, settings: Settings, credentials: Credentials) -> ContainerPlan:
-        if self._templates is None:
-            self._templates = render.environment()
         entrypoint = render.render_entrypoint(session_id, settings, self._templates)
         security = ["no-new-privileges"]
         apparmor = apparmor_enforced() if self._apparmor is None else self._apparmor

@@ -117,16 +117,12 @@ class SessionStorage:
     def prefix(session_id: str) -> str:
         return f"sessions/{validation.session_id(session_id)}/"
 
-    def ensure_layout(self, session_id: str) -> None:
-        """Directory markers for the session and its areas, so s3fs shows them as directories."""
-        self.ensure_root(session_id)
-        self.ensure_areas(session_id)
-
     def ensure_root(self, session_id: str) -> None:
         """The session prefix's own marker: s3fs mounts ``BUCKET:/sessions/<id>`` only when it exists."""
         self._put_markers(session_id, [self.prefix(session_id)])
 
     def ensure_areas(self, session_id: str) -> None:
+        """Directory markers for uploads/ and artifacts/, so s3fs shows them as directories."""
         prefix = self.prefix(session_id)
         self._put_markers(session_id, [f"{prefix}{area}/" for area in AREAS])
 
