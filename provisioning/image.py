@@ -19,12 +19,15 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from .aptmirror import debian_mirror
+from .errors import SandboxHostError
 from .resources import data_dir
 
-DEFAULT_BASE_IMAGE = "python:3.11-slim"
-DEFAULT_SUITE = "bookworm"
-DEFAULT_MIRROR = "http://deb.debian.org/debian"
-CONTEXT_DIR = data_dir("executor")
+DEFAULT_BASE_IMAGE = "python:3.13-slim-trixie"
+# Debian 13: its s3fs (1.95) mounts a prefix with credentials scoped to it (1.90, Debian 12's,
+# lists the bucket root at mount time: s3fs-fuse#2063), for the in-container mount strategy.
+DEFAULT_SUITE = "trixie"
+CONTEXT_DIR = data_dir("executor") / "image"
 LABEL_INPUTS = "io.sandbox-host.inputs"
 # What the offline base carries, so the Dockerfile installs nothing and needs no archive.
 DEBIAN_BASE_PACKAGES = ("python3", "s3fs", "ca-certificates")
@@ -33,8 +36,8 @@ _SLIM_PATHS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/lo
                "usr/share/lintian", "var/cache/apt", "var/lib/apt/lists", "var/log")
 
 
-class ImageError(RuntimeError):
-    pass
+class ImageError(SandboxHostError):
+    kind = "image"
 
 
 @dataclass(frozen=True)
@@ -100,15 +103,16 @@ class ImageBuilder:
             self.log(f"cannot pull {ref}: {exc.explanation or exc}")
             return None
 
-    def debian_base(self, suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR) -> docker.models.images.Image:
-        """The offline base: debootstrap from a Debian archive (or local mirror), cached as a tarball and an image."""
+    def debian_base(self, suite: str = DEFAULT_SUITE, mirror: str | None = None) -> docker.models.images.Image:
+        """The offline base: debootstrap from a Debian archive (the host's own apt mirror unless
+        given), cached as a tarball and an image."""
         tag = debian_base_tag(suite)
         image = self._local(tag)
         if image is not None:
             return image
         tarball = self.cache_dir / f"debian-{suite}-{_arch()}.tar"
         if not tarball.is_file():
-            self._debootstrap(suite, mirror, tarball)
+            self._debootstrap(suite, mirror or debian_mirror(suite), tarball)
         self.log(f"importing {tarball} as {tag}")
         repository, _, version = tag.partition(":")
         self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version)
@@ -143,7 +147,7 @@ class ImageBuilder:
 
     # -- executor image -----------------------------------------------------------------
     def build(self, tag: str, *, base_image: str | None = None, offline: bool = False,
-              suite: str = DEFAULT_SUITE, mirror: str = DEFAULT_MIRROR, force: bool = False) -> BuildResult:
+              suite: str = DEFAULT_SUITE, mirror: str | None = None, force: bool = False) -> BuildResult:
         """Build ``tag``. Base: ``base_image`` (pulled if missing), else the offline Debian base."""
         if offline:
             base = self.debian_base(suite, mirror)

@@ -18,8 +18,9 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from provisioning.aptmirror import debian_mirror
+
 CACHE = Path(os.environ.get("SANDBOX_TEST_CACHE", "/var/cache/sandbox-host/test-hosts"))
-MIRROR = os.environ.get("SANDBOX_DEBIAN_MIRROR", "http://deb.debian.org/debian")
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "ca-certificates", "procps", "iproute2")
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
 # Everything a systemd host running its own Docker engine needs, short of CAP_SYS_RESOURCE
@@ -53,7 +54,8 @@ def build_image(client: docker.DockerClient, suite: str) -> str:
         subprocess.run(["rm", "-rf", str(rootfs)], check=True)
         log(f"debootstrap {suite} (about a minute)")
         started = time.monotonic()
-        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, str(rootfs), MIRROR],
+        subprocess.run(["debootstrap", "--variant=minbase", "--include=" + ",".join(PACKAGES), suite, str(rootfs),
+                        debian_mirror(suite)],
                        check=True, stdout=subprocess.DEVNULL)
         # Units that cannot work in a container, and a machine id made at boot.
         for unit in ("getty@tty1.service", "systemd-remount-fs.service", "systemd-udevd.service",
@@ -144,9 +146,11 @@ def offline_base_tarball(client: docker.DockerClient) -> Path:
     """The executor image's offline base, as `sandbox-host image build` caches it on the controller."""
     from provisioning.image import ImageBuilder, default_cache_dir
 
-    tarball = default_cache_dir() / "debian-bookworm-amd64.tar"
+    from provisioning.image import DEFAULT_SUITE
+
+    tarball = default_cache_dir() / f"debian-{DEFAULT_SUITE}-amd64.tar"
     if not tarball.exists():
-        ImageBuilder(client, log=log)._debootstrap("bookworm", MIRROR, tarball)
+        ImageBuilder(client, log=log)._debootstrap(DEFAULT_SUITE, debian_mirror(DEFAULT_SUITE), tarball)
     return tarball
 
 
