@@ -1,32 +1,45 @@
 """Talk to a session's executor over its unix socket (works with every network mode).
 
-The socket lives in a directory the sandbox user can write to, so user code could swap it
-for a symlink to another socket on the host (the Docker socket, say). Before sending a byte
-the client checks the peer with SO_PEERCRED: it must run as the sandbox uid inside this
-session's container, or the connection is dropped.
+The host only ever talks to the session's real executor:
+- the socket's directory is closed (root-owned, 0755) as soon as the executor has bound it,
+  before any user code runs, so user code cannot replace or front the socket;
+- before sending a byte, the client checks the peer (SO_PEERCRED) is the executor process
+  itself: the pid and start time recorded when the session became ready (or, while it starts,
+  a process of this session's container);
+- every call has a total deadline (not a per-read one) and a cap on the answer's size, and a
+  malformed, oversized, slow or deeply nested answer is one clear error, never a traceback.
 """
 
 from __future__ import annotations
 
 import base64
-import http.client
 import json
 import os
 import socket
 import struct
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-SOCKET_NAME = "executor.sock"
+from . import facts
+from .errors import SandboxHostError
+from .procs import ProcessRef, in_container
+
+MAX_RESPONSE = 64 << 20  # two 16 MiB outputs, base64, and the JSON around them
+MAX_HEAD = 16 << 10
+HEALTH_TIMEOUT = 5.0
+EXEC_MARGIN = 30.0  # on top of the command's own timeout
 
 
-class ExecutorError(RuntimeError):
-    pass
+class ExecutorError(SandboxHostError):
+    kind = "executor"
 
 
 class WorkspaceUnavailable(ExecutorError):
     """The executor refused to run because /workspace is not a live mount."""
+
+    kind = "workspace-unavailable"
 
 
 @dataclass(frozen=True)
@@ -39,90 +52,129 @@ class ExecResult:
     truncated: bool
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "ExecResult":
-        return cls(
-            exit_code=int(data["exit_code"]),
-            stdout=base64.b64decode(data["stdout"]),
-            stderr=base64.b64decode(data["stderr"]),
-            duration=float(data["duration"]),
-            timed_out=bool(data["timed_out"]),
-            truncated=bool(data["truncated"]),
-        )
+    def from_json(cls, data: dict[str, Any]) -> ExecResult:
+        try:
+            return cls(
+                exit_code=int(data["exit_code"]),
+                stdout=base64.b64decode(data["stdout"], validate=True),
+                stderr=base64.b64decode(data["stderr"], validate=True),
+                duration=float(data["duration"]),
+                timed_out=bool(data["timed_out"]),
+                truncated=bool(data["truncated"]),
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ExecutorError(f"the executor's answer is malformed ({type(exc).__name__})") from None
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    pid, uid, gid = struct.unpack("3i", raw)
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
+    pid, uid, gid = struct.unpack("iII", raw)
     return pid, uid, gid
 
 
-def process_in_container(pid: int, container_id: str) -> bool:
-    """Whether host PID ``pid`` is alive and inside the given container (by its cgroup)."""
-    try:
-        cgroups = Path(f"/proc/{pid}/cgroup").read_text()
-    except OSError:
-        return False
-    return container_id in cgroups
+class _Deadline:
+    def __init__(self, seconds: float | None) -> None:
+        self.end = None if seconds is None else time.monotonic() + seconds
+        self.seconds = seconds
 
-
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, client: "ExecutorClient", timeout: float | None) -> None:
-        super().__init__("executor", timeout=timeout)
-        self._client = client
-
-    def connect(self) -> None:
-        self.sock = self._client.connect(self.timeout)
+    def remaining(self) -> float | None:
+        if self.end is None:
+            return None
+        left = self.end - time.monotonic()
+        if left <= 0:
+            raise ExecutorError(f"the executor did not answer within {self.seconds:g}s")
+        return left
 
 
 class ExecutorClient:
-    def __init__(self, control_dir: Path, container_id: str, uid: int) -> None:
+    def __init__(self, control_dir: Path, container_id: str, executor: ProcessRef | None = None) -> None:
         self.control_dir = control_dir
         self.container_id = container_id
-        self.uid = uid
+        self.executor = executor  # None while the session starts: any process of its container
 
-    def connect(self, timeout: float | None) -> socket.socket:
-        # Connect through a directory descriptor: keeps the address short whatever the state dir.
-        dir_fd = os.open(self.control_dir, os.O_PATH | os.O_DIRECTORY)
+    @property
+    def socket_path(self) -> Path:
+        return self.control_dir / facts.SOCKET_NAME
+
+    def _check_peer(self, sock: socket.socket) -> ProcessRef:
+        pid, uid, _gid = peer_credentials(sock)
+        peer = ProcessRef.of(pid)
+        if self.executor is not None:
+            ok = peer == self.executor
+        else:
+            ok = peer is not None and in_container(pid, self.container_id)
+        if not ok or peer is None:
+            raise ExecutorError(
+                f"refusing the socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) is not this "
+                f"session's executor (container {self.container_id[:12]})"
+            )
+        return peer
+
+    def connect(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef]:
+        # Through a directory descriptor: keeps the address short whatever the state dir.
+        try:
+            dir_fd = os.open(self.control_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ExecutorError(f"no control directory {self.control_dir}: {exc.strerror}") from None
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(timeout)
-            sock.connect(f"/proc/self/fd/{dir_fd}/{SOCKET_NAME}")
-            pid, uid, _gid = peer_credentials(sock)
-            if uid != self.uid or not process_in_container(pid, self.container_id):
-                raise ExecutorError(
-                    f"refusing executor socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) "
-                    f"is not the sandbox user in container {self.container_id[:12]}"
-                )
+            sock.settimeout(deadline.remaining())
+            sock.connect(f"/proc/self/fd/{dir_fd}/{facts.SOCKET_NAME}")
+            peer = self._check_peer(sock)
+        except OSError as exc:
+            sock.close()
+            raise ExecutorError(f"executor not answering on {self.socket_path}: {exc.strerror or exc}") from None
         except BaseException:
             sock.close()
             raise
         finally:
             os.close(dir_fd)
-        return sock
+        return sock, peer
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                timeout: float | None = 30.0) -> tuple[int, dict[str, Any]]:
-        conn = _UnixConnection(self, timeout)  # None: block until the executor answers
+                timeout: float | None = 30.0) -> tuple[int, dict[str, Any], ProcessRef]:
+        """One request, one connection; ``timeout`` bounds the whole call (None: no bound)."""
+        deadline = _Deadline(timeout)
+        payload = json.dumps(body).encode() if body is not None else b""
+        head = (f"{method} {path} HTTP/1.1\r\nHost: executor\r\nConnection: close\r\n"
+                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
+        sock, peer = self.connect(deadline)
         try:
-            payload = json.dumps(body).encode() if body is not None else None
-            headers = {"Content-Type": "application/json"} if payload else {}
-            conn.request(method, path, body=payload, headers=headers)
-            response = conn.getresponse()
-            data = response.read()
-        except (OSError, http.client.HTTPException) as exc:
-            if isinstance(exc, ExecutorError):
-                raise
-            raise ExecutorError(f"executor not answering on {self.control_dir / SOCKET_NAME}: {exc}") from None
+            sock.sendall(head + payload)
+            raw = self._read_all(sock, deadline)
+        except OSError as exc:
+            raise ExecutorError(f"executor connection failed: {exc.strerror or exc}") from None
         finally:
-            conn.close()
-        try:
-            return response.status, json.loads(data)
-        except ValueError:
-            raise ExecutorError(f"executor sent an unreadable answer (HTTP {response.status})") from None
+            sock.close()
+        status, data = _parse_response(raw)
+        return status, data, peer
 
-    def health(self, timeout: float = 10.0) -> dict[str, Any]:
-        _status, body = self.request("GET", "/health", timeout=timeout)
+    @staticmethod
+    def _read_all(sock: socket.socket, deadline: _Deadline) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            sock.settimeout(deadline.remaining())
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                deadline.remaining()  # raises the deadline error
+                continue
+            if not chunk:
+                return b"".join(chunks)
+            size += len(chunk)
+            if size > MAX_RESPONSE:
+                raise ExecutorError(f"the executor's answer exceeds {MAX_RESPONSE >> 20} MiB; refusing it")
+            chunks.append(chunk)
+
+    def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
+        _status, body, _peer = self.request("GET", "/health", timeout=timeout)
         return body
+
+    def identify(self, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, Any], ProcessRef]:
+        """Health plus the executor process that answered (recorded once the session is ready)."""
+        _status, body, peer = self.request("GET", "/health", timeout=timeout)
+        return body, peer
 
     def exec(self, argv: list[str] | None = None, code: str | None = None, timeout: float = 60.0,
              stdin: bytes = b"") -> ExecResult:
@@ -135,9 +187,35 @@ class ExecutorClient:
             raise ValueError("give argv or code")
         if stdin:
             request["stdin"] = base64.b64encode(stdin).decode()
-        status, body = self.request("POST", "/exec", request, timeout=timeout + 30)
+        status, body, _peer = self.request("POST", "/exec", request, timeout=timeout + EXEC_MARGIN)
         if status == 503:
-            raise WorkspaceUnavailable(str(body.get("error", "workspace unavailable")))
+            raise WorkspaceUnavailable(str(body.get("error", "workspace unavailable"))[:500])
         if status != 200:
-            raise ExecutorError(f"executor refused the request (HTTP {status}): {body.get('error')}")
+            raise ExecutorError(f"executor refused the request (HTTP {status}): {str(body.get('error'))[:500]}")
         return ExecResult.from_json(body)
+
+
+def _parse_response(raw: bytes) -> tuple[int, dict[str, Any]]:
+    head, sep, body = raw.partition(b"\r\n\r\n")
+    if not sep or len(head) > MAX_HEAD:
+        raise ExecutorError("the executor sent a malformed answer (no complete HTTP head)")
+    lines = head.decode("latin-1").split("\r\n")
+    parts = lines[0].split(" ", 2)
+    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
+        raise ExecutorError("the executor sent a malformed status line")
+    status = int(parts[1])
+    headers = {}
+    for line in lines[1:]:
+        name, colon, value = line.partition(":")
+        if colon:
+            headers[name.strip().lower()] = value.strip()
+    length = headers.get("content-length")
+    if length is None or not length.isdigit() or int(length) != len(body):
+        raise ExecutorError(f"the executor's answer was cut short or has a wrong length (HTTP {status})")
+    try:
+        data = json.loads(body) if body else {}
+    except (ValueError, RecursionError):
+        raise ExecutorError(f"the executor sent an unreadable answer (HTTP {status})") from None
+    if not isinstance(data, dict):
+        raise ExecutorError(f"the executor's answer is not a JSON object (HTTP {status})")
+    return status, data

@@ -12,16 +12,24 @@ serves on a unix socket (so it works with every network mode, including none):
 
 /exec refuses (503) unless /workspace is a live FUSE mount: writing into an unmounted
 workspace would land in the container layer and be lost.
+
+Against the user code it runs (same uid): it is non-dumpable and filters system calls
+(guard.py); it answers only peers outside its own PID namespace (the host), so user code
+cannot drive it; as PID 1 it ignores signals sent from inside the container and reaps
+orphans; it ends the session (exit 75) when the workspace mount dies under it.
 """
 
 from __future__ import annotations
 
 import base64
+import errno
 import json
 import os
 import selectors
 import signal
+import socket
 import socketserver
+import struct
 import subprocess
 import sys
 import threading
@@ -35,8 +43,14 @@ MAX_TIMEOUT = 24 * 3600.0
 EXIT_GRACE = 0.25  # seconds of output still collected after the command exits
 MAX_LINE = 8192  # request line and each header line
 MAX_HEADERS = 64
-REASONS = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
-           413: "Content Too Large", 431: "Request Header Fields Too Large", 503: "Service Unavailable"}
+MAX_CONNECTIONS = 32  # concurrent requests; more are answered 503 at once
+REQUEST_READ_TIMEOUT = 30.0  # a peer that sends half a request does not hold a thread
+WATCH_INTERVAL = 0.5  # how often the workspace mount is checked for death
+EXIT_WORKSPACE_LOST = 75  # facts.EXIT_WORKSPACE_LOST: the session ended as failed
+USER_OOM_SCORE_ADJ = "1000"  # the OOM killer takes user code before the executor (or s3fs)
+REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+           413: "Content Too Large", 431: "Request Header Fields Too Large", 500: "Internal Server Error",
+           503: "Service Unavailable"}
 
 
 def _unescape_mountinfo(path: str) -> str:
@@ -62,8 +76,18 @@ def workspace_health(workspace: str) -> dict[str, object]:
         os.listdir(workspace)
     except OSError as exc:
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": fstype,
-                "detail": f"{workspace} is mounted but not usable: {exc.strerror}"}
+                "detail": f"{workspace} is mounted but not usable: {exc.strerror}",
+                "lost": exc.errno == errno.ENOTCONN}
     return {"ok": True, "workspace": workspace, "workspace_mounted": True, "fstype": fstype, "detail": "ok"}
+
+
+def workspace_lost(workspace: str) -> bool:
+    """The FUSE process behind the workspace is gone (every access answers ENOTCONN)."""
+    try:
+        os.stat(workspace)
+    except OSError as exc:
+        return exc.errno == errno.ENOTCONN
+    return False
 
 
 class Runner:
@@ -83,12 +107,17 @@ class Runner:
             "PWD": self.workspace,
         }
 
+    def managed(self) -> set[int]:
+        with self._lock:
+            return {proc.pid for proc in self._running}
+
     def run(self, argv: list[str], timeout: float, stdin: bytes) -> dict[str, object]:
         started = time.monotonic()
         try:
             proc = subprocess.Popen(
                 argv, cwd=self.workspace, env=self.environment(), stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_prepare_user_process,
             )
         except OSError as exc:
             return {"exit_code": 127, "stdout": "", "stderr": _b64(f"{argv[0]}: {exc.strerror}\n".encode()),
@@ -120,6 +149,17 @@ class Runner:
                 proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 _kill_group(proc, signal.SIGKILL)
+
+
+def _prepare_user_process() -> None:
+    """In the child, before exec: the signal mask the executor's threads run with is not user
+    code's, and the OOM killer should pick user code first."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    try:
+        with open("/proc/self/oom_score_adj", "w") as handle:
+            handle.write(USER_OOM_SCORE_ADJ)
+    except OSError:
+        pass
 
 
 def _feed(pipe: IO[bytes], data: bytes) -> None:
@@ -233,19 +273,35 @@ def read_request(rfile: IO[bytes]) -> tuple[str, str, bytes] | None:
     return method, path, body
 
 
+def peer_pid(sock: socket.socket) -> int:
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)[0]
+
+
 class Handler(socketserver.StreamRequestHandler):
     server: "ExecutorServer"
+    timeout = REQUEST_READ_TIMEOUT
 
     def handle(self) -> None:
         try:
-            request = read_request(self.rfile)
+            request = read_request(self.rfile)  # bounded; read first so that a refusal is read, not reset
         except BadRequest as exc:
             self._reply(exc.status, {"error": str(exc)})
             return
+        except (OSError, ValueError):
+            return  # the peer went away or stalled; nothing to answer, nothing to log
         if request is None:
             return
+        # The host connects from outside this PID namespace, so it shows as pid 0; anything
+        # inside the container (user code) has a pid here and is not served.
+        if not self.server.outside_container and peer_pid(self.request) != 0:
+            self._reply(403, {"error": "only the host may talk to the executor"})
+            return
         method, path, body = request
-        status, answer = self.dispatch(method, path, body)
+        try:
+            status, answer = self.dispatch(method, path, body)
+        except Exception as exc:  # noqa: BLE001 - one bad request must not take the executor (or its log) down
+            status, answer = 500, {"error": f"internal error: {type(exc).__name__}"}
         self._reply(status, answer)
 
     def _reply(self, status: int, body: dict[str, object]) -> None:
@@ -272,8 +328,8 @@ class Handler(socketserver.StreamRequestHandler):
             return 400, {"error": f"request body must be 1..{MAX_REQUEST} bytes"}
         try:
             argv, timeout, stdin = _parse_exec(json.loads(body))
-        except (ValueError, TypeError) as exc:
-            return 400, {"error": str(exc)}
+        except (ValueError, TypeError, RecursionError) as exc:
+            return 400, {"error": str(exc)[:200]}
         if runner.stopping:
             return 503, {"error": "the session is stopping"}
         health = workspace_health(runner.workspace)
@@ -305,12 +361,95 @@ def _parse_exec(request: object) -> tuple[list[str], float, bytes]:
 class ExecutorServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: str, runner: Runner) -> None:
+    def __init__(self, path: str, runner: Runner, outside_container: bool = False) -> None:
         self.runner = runner
+        self.outside_container = outside_container
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         super().__init__(path, Handler)
 
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            try:
+                request.sendall(b"HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        super().process_request(request, client_address)
 
-def serve(socket_path: str, workspace: str) -> int:
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def handle_error(self, request: object, client_address: object) -> None:
+        pass  # never a traceback per bad connection (the container's log would grow with each)
+
+
+class Supervisor:
+    """What PID 1 and a careful daemon must do besides serving: take signals only from outside
+    the container, reap orphans, and end the session when the workspace mount dies."""
+
+    def __init__(self, server: ExecutorServer, runner: Runner, workspace: str, is_init: bool,
+                 outside_container: bool = False) -> None:
+        self.outside_container = outside_container
+        self.server = server
+        self.runner = runner
+        self.workspace = workspace
+        self.is_init = is_init
+        self.exit_code = 0
+
+    def start(self) -> None:
+        threading.Thread(target=self._signals, name="signals", daemon=True).start()
+        threading.Thread(target=self._watch, name="watch", daemon=True).start()
+
+    def stop(self, code: int) -> None:
+        self.exit_code = code
+        self.runner.stopping = True
+        threading.Thread(target=_shutdown, args=(self.server, self.runner), daemon=True).start()
+
+    def _signals(self) -> None:
+        wanted = {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD}
+        while True:
+            info = signal.sigwaitinfo(wanted)
+            if info.si_signo == signal.SIGCHLD:
+                if self.is_init:
+                    self._reap_orphans()
+                continue
+            # pid 0: sent from outside this PID namespace (docker stop); pid 1: the in-container
+            # entrypoint forwarding it. Anything else is user code: ignored.
+            if info.si_pid == 0 or (info.si_pid == 1 and not self.is_init) or self.outside_container:
+                self.stop(0)
+
+    def _reap_orphans(self) -> None:
+        managed = self.runner.managed()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit() or int(entry) in managed:
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", "rb") as handle:
+                    stat = handle.read()
+            except OSError:
+                continue
+            fields = stat[stat.rindex(b")") + 2:].split()
+            if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+                try:
+                    os.waitpid(int(entry), os.WNOHANG)
+                except ChildProcessError:
+                    pass
+
+    def _watch(self) -> None:
+        while not self.runner.stopping:
+            time.sleep(WATCH_INTERVAL)
+            if workspace_lost(self.workspace):
+                print(f"executor: {self.workspace} lost its mount (the FUSE process ended): ending the session",
+                      file=sys.stderr, flush=True)
+                self.stop(EXIT_WORKSPACE_LOST)
+                return
+
+
+def serve(socket_path: str, workspace: str, outside_container: bool = False) -> int:
     runner = Runner(workspace)
     try:
         os.unlink(socket_path)
@@ -318,16 +457,11 @@ def serve(socket_path: str, workspace: str) -> int:
         pass
     old_umask = os.umask(0o177)
     try:
-        server = ExecutorServer(socket_path, runner)
+        server = ExecutorServer(socket_path, runner, outside_container)
     finally:
         os.umask(old_umask)
-
-    def on_signal(signum: int, _frame: object) -> None:
-        runner.stopping = True
-        threading.Thread(target=_shutdown, args=(server, runner), daemon=True).start()
-
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    supervisor = Supervisor(server, runner, workspace, is_init=os.getpid() == 1, outside_container=outside_container)
+    supervisor.start()
     try:
         server.serve_forever(poll_interval=0.5)
     finally:
@@ -336,7 +470,7 @@ def serve(socket_path: str, workspace: str) -> int:
             os.unlink(socket_path)
         except OSError:
             pass
-    return 0
+    return supervisor.exit_code
 
 
 def _shutdown(server: ExecutorServer, runner: Runner) -> None:
@@ -356,13 +490,24 @@ def wait_for_go(stream: IO[bytes]) -> bool:
     return line == b"go\n"
 
 
-USAGE = "usage: executor.py --socket PATH [--workspace DIR] [--wait-for-go]"
+USAGE = "usage: executor.py --socket PATH [--workspace DIR] [--wait-for-go] [--no-guard] [--outside-container]"
 
 
-def parse_args(argv: list[str]) -> tuple[str, str, bool]:
+class Options:
+    def __init__(self) -> None:
+        self.socket_path = ""
+        self.workspace = "/workspace"
+        self.gated = False
+        self.guard = True
+        self.outside_container = False
+
+
+def parse_args(argv: list[str]) -> Options:
     """--socket PATH, --workspace DIR (default /workspace), --wait-for-go: read "go" from stdin
-    before serving. Parsed by hand: argparse alone costs a tenth of the start-up."""
-    socket_path, workspace, gated = None, "/workspace", False
+    before serving; --no-guard, and --outside-container (serve and obey local processes, which
+    in a session would be user code), are for tests that run the executor on a plain host.
+    Parsed by hand: argparse alone costs a tenth of the start-up."""
+    options = Options()
     args = iter(argv)
     for arg in args:
         if arg in ("--socket", "--workspace"):
@@ -370,27 +515,40 @@ def parse_args(argv: list[str]) -> tuple[str, str, bool]:
             if value is None:
                 raise SystemExit(f"{USAGE}\nexecutor.py: {arg} needs a value")
             if arg == "--socket":
-                socket_path = value
+                options.socket_path = value
             else:
-                workspace = value
+                options.workspace = value
         elif arg == "--wait-for-go":
-            gated = True
+            options.gated = True
+        elif arg == "--no-guard":
+            options.guard = False
+        elif arg == "--outside-container":
+            options.outside_container = True
         else:
             raise SystemExit(f"{USAGE}\nexecutor.py: unknown argument {arg!r}")
-    if socket_path is None:
+    if not options.socket_path:
         raise SystemExit(f"{USAGE}\nexecutor.py: --socket is required")
-    return socket_path, workspace, gated
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
-    socket_path, workspace, gated = parse_args(sys.argv[1:] if argv is None else argv)
-    if gated and not wait_for_go(sys.stdin.buffer):
+    options = parse_args(sys.argv[1:] if argv is None else argv)
+    # Before any thread: the mask is inherited by every thread, and the signal thread takes them.
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM, signal.SIGINT, signal.SIGCHLD})
+    if options.guard:
+        import guard  # next to this file
+
+        try:
+            guard.apply()
+        except guard.GuardError as exc:
+            print(f"executor: {exc}", file=sys.stderr)
+            return 4
+    if options.gated and not wait_for_go(sys.stdin.buffer):
         print("executor: no go-ahead from the entrypoint; not serving", file=sys.stderr)
         return 3
-    os.chdir(workspace)  # only now: before the mount, this would be the empty directory under it
-    return serve(socket_path, workspace)
+    os.chdir(options.workspace)  # only now: before the mount, this would be the empty directory under it
+    return serve(options.socket_path, options.workspace, options.outside_container)
 
 
 if __name__ == "__main__":
     sys.exit(main())
-

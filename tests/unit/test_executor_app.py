@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from provisioning.executor_client import ExecutorClient, ExecutorError, WorkspaceUnavailable
+from provisioning.procs import ProcessRef
 
 APP = Path(__file__).resolve().parents[2] / "executor" / "app" / "executor.py"
 
@@ -41,19 +42,25 @@ def test_runner_times_out_and_kills(tmp_path: Path) -> None:
     assert result["timed_out"] is True and result["exit_code"] == 124 and result["duration"] < 5
 
 
+def start_executor(control: Path, workspace: Path, *extra: str) -> subprocess.Popen[bytes]:
+    """The executor outside any container: its peers are local processes, so the tests allow them."""
+    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(control / "executor.sock"),
+                             "--workspace", str(workspace), "--outside-container", *extra])
+    deadline = time.monotonic() + 10
+    while not (control / "executor.sock").exists():
+        assert proc.poll() is None and time.monotonic() < deadline, "executor did not start"
+        time.sleep(0.02)
+    return proc
+
+
 def test_served_exec_is_refused_without_mount(tmp_path: Path) -> None:
     workspace = tmp_path / "ws"
     workspace.mkdir()
     control = tmp_path / "ctl"
     control.mkdir()
-    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(control / "executor.sock"),
-                             "--workspace", str(workspace)])
+    proc = start_executor(control, workspace)
     try:
-        deadline = time.monotonic() + 10
-        while not (control / "executor.sock").exists():
-            assert time.monotonic() < deadline, "executor did not start"
-            time.sleep(0.02)
-        client = _TrustingClient(control, "", 0)
+        client = ExecutorClient(control, "", ProcessRef.of(proc.pid))
         assert client.health()["ok"] is False
         with pytest.raises(WorkspaceUnavailable, match="not a FUSE mount"):
             client.exec(argv=["touch", "lost"])
@@ -63,16 +70,59 @@ def test_served_exec_is_refused_without_mount(tmp_path: Path) -> None:
         assert proc.wait(10) == 0
 
 
-class _TrustingClient(ExecutorClient):
-    """The real client minus the container check (this executor runs outside any container)."""
+def test_executor_refuses_peers_inside_its_pid_namespace(tmp_path: Path) -> None:
+    """Without --outside-container (as in a session), a peer with a pid in the executor's own PID
+    namespace (user code) is not served, nor its signals obeyed: only the host's, which shows as
+    pid 0 there."""
+    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(tmp_path / "executor.sock"),
+                             "--workspace", str(tmp_path)])
+    try:
+        deadline = time.monotonic() + 10
+        while not (tmp_path / "executor.sock").exists():
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+        client = ExecutorClient(tmp_path, "", ProcessRef.of(proc.pid))
+        status, body, _peer = client.request("GET", "/health")
+        assert status == 403 and "only the host" in body["error"]
+        # Nor does it obey a signal sent from its own PID namespace (user code's SIGTERM).
+        proc.terminate()
+        time.sleep(0.5)
+        assert proc.poll() is None
+    finally:
+        proc.kill()
+        proc.wait(10)
 
-    def connect(self, timeout):  # type: ignore[no-untyped-def]
-        import socket
 
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        sock.settimeout(timeout)
-        sock.connect(str(self.control_dir / "executor.sock"))
-        return sock
+GUARD_PROBE = """
+import ctypes, errno, json, platform, subprocess
+libc = ctypes.CDLL(None, use_errno=True)
+nr = {"x86_64": {"bpf": 321, "perf_event_open": 298, "io_uring_setup": 425, "unshare": 272},
+      "aarch64": {"bpf": 280, "perf_event_open": 241, "io_uring_setup": 425, "unshare": 97}}[platform.machine()]
+args = {"bpf": (0, 0, 0), "perf_event_open": (0, 0, -1, -1, 0), "io_uring_setup": (1, 0), "unshare": (0x10000000,)}
+out = {}
+for name, number in nr.items():
+    ret = libc.syscall(number, *args[name])
+    out[name] = "ok" if ret >= 0 else errno.errorcode[ctypes.get_errno()]
+out["unshare -Urm"] = subprocess.run(["unshare", "-Urm", "true"], capture_output=True).returncode
+print(json.dumps(out))
+"""
+
+
+def test_guard_refuses_namespaces_and_kernel_surface() -> None:
+    """What the executor puts on itself (and so on user code): no user namespace, no bpf, perf or
+    io_uring, whatever the container's capabilities (here: the test runner's, root's)."""
+    import json
+
+    code = f"import sys; sys.path.insert(0, {str(APP.parent)!r}); import guard; guard.apply(); exec(sys.stdin.read())"
+    guarded = subprocess.run([sys.executable, "-c", code], input=GUARD_PROBE, capture_output=True, text=True, timeout=30)
+    assert guarded.returncode == 0, guarded.stderr
+    out = json.loads(guarded.stdout)
+    assert out["unshare -Urm"] != 0
+    del out["unshare -Urm"]
+    assert out == {"bpf": "EPERM", "perf_event_open": "EPERM", "io_uring_setup": "EPERM", "unshare": "EPERM"}
+    status = subprocess.run([sys.executable, "-c", code], input="print(open('/proc/self/status').read())",
+                            capture_output=True, text=True, timeout=30).stdout
+    assert "Seccomp:\t2" in status
 
 
 def test_client_refuses_a_socket_outside_the_container(tmp_path: Path) -> None:
@@ -86,13 +136,14 @@ def test_client_refuses_a_socket_outside_the_container(tmp_path: Path) -> None:
     server = socketserver.UnixStreamServer(str(tmp_path / "executor.sock"), Handler)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        client = ExecutorClient(tmp_path, "0123456789abcdef" * 4, 1000)
-        with pytest.raises(ExecutorError, match="refusing executor socket"):
-            client.health()
+        for expected in (None, ProcessRef(1, 1)):
+            client = ExecutorClient(tmp_path, "0123456789abcdef" * 4, expected)
+            with pytest.raises(ExecutorError, match="is not this session's executor"):
+                client.health()
     finally:
         server.shutdown()
         server.server_close()
-    assert received in ([], [b""])
+    assert received in ([], [b""], [b"", b""])
 
 
 @pytest.mark.parametrize(("said", "serves"), [(b"go\n", True), (b"", False), (b"no\n", False), (b"go", False)])
@@ -141,12 +192,8 @@ def test_http_subset_rejects_what_it_does_not_speak(tmp_path: Path, raw: bytes, 
     import socket
 
     sock_path = tmp_path / "executor.sock"
-    proc = subprocess.Popen([sys.executable, str(APP), "--socket", str(sock_path), "--workspace", str(tmp_path)])
+    proc = start_executor(tmp_path, tmp_path)
     try:
-        deadline = time.monotonic() + 10
-        while not sock_path.exists():
-            assert time.monotonic() < deadline, "executor did not start"
-            time.sleep(0.02)
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
             sock.settimeout(10)
             sock.connect(str(sock_path))
@@ -166,7 +213,8 @@ def test_http_subset_rejects_what_it_does_not_speak(tmp_path: Path, raw: bytes, 
 
 def test_executor_arguments_are_checked() -> None:
     app = load_app()
-    assert app.parse_args(["--socket", "/s", "--wait-for-go"]) == ("/s", "/workspace", True)
+    options = app.parse_args(["--socket", "/s", "--wait-for-go"])
+    assert (options.socket_path, options.workspace, options.gated, options.guard) == ("/s", "/workspace", True, True)
     for bad, message in ((["--socket"], "needs a value"), ([], "--socket is required"),
                          (["--socket", "/s", "--bogus"], "unknown argument")):
         with pytest.raises(SystemExit, match=message):
