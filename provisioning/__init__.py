@@ -1,9 +1,9 @@
-"""sandbox-host runtime: render session entrypoints and launch FUSE-enabled session containers.
+"""sandbox-host runtime: launch session containers whose /workspace is the session's own S3 prefix.
 
 Library use::
 
-    from provisioning import config, SessionManager, SessionStorage
-    settings = config.load({"s3_endpoint": "http://127.0.0.1:9000"})
+    from provisioning import load, SessionManager
+    settings = load({"s3_endpoint": "http://127.0.0.1:9000"})
     manager = SessionManager(settings)
     info = manager.create("abc123")
     result = manager.exec("abc123", argv=["ls", "-la"])
@@ -11,11 +11,13 @@ Library use::
 """
 
 from .config import Settings, load
-from .launcher import SessionError, SessionExists, SessionInfo, SessionManager, SessionNotFound
+from .errors import SandboxHostError, SessionError, SessionExists, SessionNotFound
+from .launcher import SessionInfo, SessionManager
 from .storage import SessionStorage, StorageError
 from .validation import ValidationError
 
 __all__ = [
+    "SandboxHostError",
     "Settings",
     "load",
     "SessionError",

@@ -13,13 +13,12 @@ from typing import Any
 
 from . import config as config_mod
 from .config import ConfigError, Credentials, Settings
-from .executor_client import ExecutorError
-from .hostinfo import DockerUnavailable, docker_client
-from .image import DEFAULT_MIRROR, DEFAULT_SUITE, ImageBuilder, ImageError
-from .launcher import SessionError, SessionManager
-from .mounts import StrategyError
-from .storage import SessionStorage, StorageError
-from .validation import ValidationError, parse_s3fs_option_list
+from .errors import SandboxHostError
+from .hostinfo import docker_client
+from .image import DEFAULT_SUITE, ImageBuilder
+from .launcher import SessionManager
+from .storage import SessionStorage
+from .validation import parse_s3fs_option_list
 
 EXIT_USAGE = 2
 # The embedded endpoint's own key pair (like MinIO's MINIO_ROOT_USER / MINIO_ROOT_PASSWORD).
@@ -33,10 +32,12 @@ def _settings(args: argparse.Namespace) -> Settings:
         "bucket": args.bucket,
         "image": args.image,
         "network": getattr(args, "network", None),
+        "mount": getattr(args, "mount", None),
         "state_dir": args.state_dir,
         "memory": getattr(args, "memory", None),
         "cpus": getattr(args, "cpus", None),
         "pids_limit": getattr(args, "pids_limit", None),
+        "volume_driver": getattr(args, "volume_driver", None),
     }
     if getattr(args, "s3fs_option", None):
         flags["s3fs_options"] = parse_s3fs_option_list(args.s3fs_option)
@@ -45,6 +46,20 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
+
+
+def printable(text: str) -> str:
+    """A name as a terminal may show it: control characters (and backslashes) escaped, so a file
+    name made by user code cannot move the cursor, clear the screen or forge lines."""
+    out = []
+    for char in text:
+        if char == "\\":
+            out.append("\\\\")
+        elif char.isprintable():
+            out.append(char)
+        else:
+            out.append(char.encode("unicode_escape").decode("ascii"))
+    return "".join(out)
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -125,7 +140,7 @@ def cmd_session_artifacts(args: argparse.Namespace) -> int:
         _print_json([{"name": i.name, "key": i.key, "size": i.size} for i in items])
     else:
         for item in items:
-            print(f"{item.size:>12}  {item.name}")
+            print(f"{item.size:>12}  {printable(item.name)}")
     return 0
 
 
@@ -151,7 +166,9 @@ def cmd_session_list(args: argparse.Namespace) -> int:
         _print_json([s.to_json() for s in sessions])
     else:
         for s in sessions:
-            print(f"{s.session_id:<32} {s.status:<10} {s.container_id[:12]}  {s.network:<7} s3://{s.bucket}/{s.prefix}")
+            detail = f"  ({printable(s.detail)})" if s.detail else ""
+            print(f"{s.session_id:<32} {s.status:<10} {s.container_id[:12]}  {s.mount:<12} {s.network:<7} "
+                  f"s3://{s.bucket}/{s.prefix}{detail}")
     return 0
 
 
@@ -203,6 +220,12 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_volumes_serve(args: argparse.Namespace) -> int:
+    from .volumed import service
+
+    return service.run(_settings(args).validated())
+
+
 def cmd_s3_ensure_bucket(args: argparse.Namespace) -> int:
     storage = SessionStorage(_settings(args).validated())
     created = storage.ensure_bucket()
@@ -231,8 +254,9 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--base-image", help="base image (default python:3.11-slim, offline Debian base if it cannot be pulled)")
     build.add_argument("--offline", action="store_true", help="use the offline Debian base (debootstrap + docker import)")
     build.add_argument("--suite", default=DEFAULT_SUITE, help="Debian suite for the offline base")
-    build.add_argument("--mirror", default=os.environ.get("SANDBOX_DEBIAN_MIRROR", DEFAULT_MIRROR),
-                       help="Debian mirror for the offline base (env SANDBOX_DEBIAN_MIRROR)")
+    build.add_argument("--mirror", default=os.environ.get("SANDBOX_DEBIAN_MIRROR") or None,
+                       help="Debian mirror for the offline base (env SANDBOX_DEBIAN_MIRROR; default: this host's "
+                       "own apt source)")
     build.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
     build.add_argument("--json", action="store_true")
     build.set_defaults(func=cmd_image_build)
@@ -242,6 +266,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("session_id")
     create.add_argument("--json", action="store_true")
     create.add_argument("--network", help="bridge (default), host or none (env SANDBOX_NETWORK)")
+    create.add_argument("--mount", help="host (default: s3fs on the host, no capability in the container) "
+                        "or in-container (env SANDBOX_MOUNT)")
     create.add_argument("--memory", help="memory limit, e.g. 1g")
     create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     create.add_argument("--pids-limit", type=int, help="process limit")
@@ -287,6 +313,13 @@ def build_parser() -> argparse.ArgumentParser:
     health.add_argument("session_id")
     health.set_defaults(func=cmd_session_health)
 
+    volumes = sub.add_parser("volumes", help="the host service").add_subparsers(dest="volumes_command", required=True)
+    vserve = volumes.add_parser("serve", parents=[common], help="run the volume driver (mounts workspaces on this host)",
+                                description="The Docker volume plugin that mounts each session's prefix with s3fs on "
+                                "this host; installed as the sandbox-host-volumes service by the sandbox_host role.")
+    vserve.add_argument("--volume-driver", dest="volume_driver", help="driver name (default sandbox-host)")
+    vserve.set_defaults(func=cmd_volumes_serve)
+
     s3 = sub.add_parser("s3", help="object storage").add_subparsers(dest="s3_command", required=True)
     serve = s3.add_parser("serve", help="run the embedded S3 endpoint (development and tests; data in memory)",
                           description="Keys from $SANDBOX_S3_SERVER_ACCESS_KEY / $SANDBOX_S3_SERVER_SECRET_KEY, "
@@ -305,12 +338,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except (ValidationError, ConfigError, StrategyError) as exc:
+    except SandboxHostError as exc:
         print(f"sandbox-host: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
-    except (SessionError, StorageError, ImageError, DockerUnavailable, ExecutorError) as exc:
-        print(f"sandbox-host: error: {exc}", file=sys.stderr)
-        return 1
+        return exc.exit_code
     except KeyboardInterrupt:
         return 130
 

@@ -11,14 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import validation
+from . import facts, validation
+from .errors import InputError
 
 DEFAULT_CONFIG_FILE = Path("/etc/sandbox-host/config.toml")
 DEFAULT_IMAGE = "sandbox-executor:latest"
 DEFAULT_BUCKET = "sandbox-sessions"
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """The configuration file or a setting in it is unusable."""
 
 
@@ -32,6 +33,10 @@ class Credentials:
         return f"Credentials(access_key={self.access_key!r}, secret_key=<redacted>)"
 
 
+MOUNT_STRATEGIES = ("host", "in-container")
+BACKENDS = ("docker",)
+
+
 @dataclass(frozen=True)
 class Settings:
     s3_endpoint: str = ""
@@ -43,13 +48,24 @@ class Settings:
     image: str = DEFAULT_IMAGE
     network: str = "bridge"
     state_dir: str = "/run/sandbox-host"
-    uid: int = 1000
-    gid: int = 1000
+    # How /workspace is mounted: "host" (s3fs on the host, through the sandbox-host volume
+    # driver; the container holds no capability) or "in-container" (s3fs inside the container).
+    mount: str = "host"
+    backend: str = "docker"
+    volume_driver: str = facts.VOLUME_DRIVER
+    uid_range: tuple[int, int] = facts.UID_RANGE
     memory: str = "1g"
     cpus: float = 1.0
     pids_limit: int = 256
     tmp_size: str = "100m"
+    # s3fs's per-session staging area on host disk (host strategy), removed when the session ends.
+    staging_size: str = "10g"
+    log_max_size: str = "1m"
     ready_timeout: float = 30.0
+    # Per-session credentials: STS AssumeRole with a policy for sessions/<id>/ only, valid this long.
+    scoped_credentials: bool = True
+    sts_role_arn: str = "arn:aws:iam:::role/sandbox-session"
+    session_lifetime: int = 43200
     s3fs_options: Mapping[str, object] = field(default_factory=dict)
 
     @property
@@ -60,22 +76,39 @@ class Settings:
             validation.credential("AWS_SESSION_TOKEN", self.session_token, required=False),
         )
 
-    def validated(self) -> Settings:
+    def validated(self) -> ValidSettings:
         """Check every field; returns a normalised copy. Raises ValidationError naming the field."""
-        return dataclasses.replace(
-            self,
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values.update(
             s3_endpoint=validation.endpoint(self.s3_endpoint),
             bucket=validation.bucket(self.bucket),
+            region=validation.region(self.region),
             network=validation.network(self.network),
-            uid=validation.unix_id("uid", self.uid),
-            gid=validation.unix_id("gid", self.gid),
+            state_dir=validation.state_dir(self.state_dir),
+            mount=validation.choice("mount", self.mount, MOUNT_STRATEGIES),
+            backend=validation.choice("backend", self.backend, BACKENDS),
+            volume_driver=validation.plugin_name(self.volume_driver),
+            uid_range=validation.uid_range(self.uid_range),
             memory=validation.memory_size("memory", self.memory),
             tmp_size=validation.memory_size("tmp size", self.tmp_size),
+            staging_size=validation.memory_size("staging size", self.staging_size),
+            log_max_size=validation.memory_size("log max size", self.log_max_size),
             cpus=validation.positive_number("cpus", self.cpus),
             pids_limit=int(validation.positive_number("pids limit", self.pids_limit)),
             ready_timeout=validation.positive_number("ready timeout", self.ready_timeout),
+            sts_role_arn=validation.role_arn(self.sts_role_arn),
+            session_lifetime=validation.session_lifetime(self.session_lifetime),
             s3fs_options=validation.s3fs_options(dict(self.s3fs_options)),
         )
+        return ValidSettings(**values)
+
+
+@dataclass(frozen=True)
+class ValidSettings(Settings):
+    """Settings that passed :meth:`Settings.validated`: code that takes these checks nothing again."""
+
+    def validated(self) -> ValidSettings:
+        return self
 
 
 ENV_NAMES = {
@@ -88,13 +121,30 @@ ENV_NAMES = {
     "SANDBOX_IMAGE": "image",
     "SANDBOX_NETWORK": "network",
     "SANDBOX_STATE_DIR": "state_dir",
+    "SANDBOX_MOUNT": "mount",
+    "SANDBOX_BACKEND": "backend",
+    "SANDBOX_VOLUME_DRIVER": "volume_driver",
+    "SANDBOX_STS_ROLE_ARN": "sts_role_arn",
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRET_FIELDS = {"secret_key", "session_token"}
 
 
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
 def _coerce(name: str, value: Any) -> Any:
+    if name not in _FIELDS:
+        raise ConfigError(f"unknown setting {name}; known: {', '.join(sorted(_FIELDS))}")
     kind = type(_FIELDS[name].default) if name != "s3fs_options" else dict
+    if name == "uid_range":
+        return validation.uid_range(value)
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.lower()]
+        raise ConfigError(f"setting {name} must be true or false, got {value!r}")
     if kind is dict:
         if isinstance(value, list):
             return validation.parse_s3fs_option_list([str(v) for v in value])

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import docker
 import docker.errors
 
+from . import facts
+from .errors import UnreachableError
 
-class DockerUnavailable(RuntimeError):
+
+class DockerUnavailable(UnreachableError):
     pass
 
 
@@ -25,6 +29,26 @@ def docker_client(timeout: int = 60) -> docker.DockerClient:
             "start it (systemctl start docker, or 'dockerd &' where there is no systemd)"
         ) from None
     return client
+
+
+def s3fs_binary() -> str | None:
+    """The s3fs that host mounts use: the private runtime where installed, else PATH's."""
+    if os.access(facts.S3FS_RUNTIME, os.X_OK):
+        return facts.S3FS_RUNTIME
+    return shutil.which("s3fs")
+
+
+def s3fs_version(binary: str) -> tuple[int, ...] | None:
+    """(1, 95) from "Amazon Simple Storage Service File System V1.95 ..."; None if it does not run."""
+    import re
+    import subprocess
+
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    match = re.search(r"V(\d+)\.(\d+)", out)
+    return (int(match.group(1)), int(match.group(2))) if match else None
 
 
 def apparmor_enforced(sysfs: Path = Path("/sys/module/apparmor/parameters/enabled")) -> bool:

@@ -6,27 +6,18 @@ fails to render, so an unquoted interpolation cannot slip into a script.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import jinja2
 
-from .config import Settings
+from . import facts
+from .config import ValidSettings
 from .resources import data_dir
-from . import validation
+from .s3fsopts import s3fs_mount
+from .validation import SessionId
 
 TEMPLATES_DIR = data_dir("templates")
-
-# Paths inside the session container (fixed by executor/Dockerfile).
-MOUNTPOINT = "/workspace"
-BOOT_DIR = "/etc/sandbox-host"  # bound from a root-only host directory; holds what the entrypoint reads
-SECRETS_FILE = BOOT_DIR + "/credentials"
-ENTRYPOINT_FILE = BOOT_DIR + "/entrypoint.sh"
-CONTAINER_STATE_DIR = "/run/sandbox-host"
-CONTROL_DIR = "/run/sandbox-executor"
-EXECUTOR_SOCKET = CONTROL_DIR + "/executor.sock"
-EXECUTOR_APP = "/opt/sandbox/executor.py"
 MOUNT_TIMEOUT_SECONDS = 20
 
 
@@ -68,60 +59,24 @@ def environment(templates_dir: Path = TEMPLATES_DIR) -> jinja2.Environment:
     return env
 
 
-def session_prefix(session_id: str) -> str:
-    return f"sessions/{validation.session_id(session_id)}"
-
-
-def s3fs_mount_options(settings: Settings) -> list[str]:
-    """The s3fs ``-o`` options for a session: fixed security choices first, then the allow-listed extras."""
-    fixed = [
-        f"url={settings.s3_endpoint}",
-        "use_path_request_style",
-        "sigv4",  # never fall back to the weaker signature version 2
-        f"endpoint={settings.region}",
-        "allow_other",
-        f"uid={settings.uid}",
-        f"gid={settings.gid}",
-        "umask=0077",
-        "mp_umask=0077",
-        "tmpdir=/tmp",
-        # s3fs stages data in tmpdir; keep headroom on the small /tmp tmpfs instead of failing writes.
-        "ensure_diskfree=10",
-    ]
-    extras = dict(settings.s3fs_options)
-    if "endpoint" in extras:
-        fixed = [o for o in fixed if not o.startswith("endpoint=")]
-    if "ensure_diskfree" in extras:
-        fixed = [o for o in fixed if not o.startswith("ensure_diskfree=")]
-    for name, value in sorted(extras.items()):
-        fixed.append(name if value is True else f"{name}={value}")
-    return fixed
-
-
-@dataclass(frozen=True)
-class RenderedEntrypoint:
-    script: str
-    session_id: str
-
-
-def render_entrypoint(session_id: str, settings: Settings, env: jinja2.Environment | None = None) -> RenderedEntrypoint:
-    """Validate every input, then render the in-container FUSE entrypoint.
+def render_entrypoint(session_id: SessionId, settings: ValidSettings, uid: int,
+                      env: jinja2.Environment | None = None) -> str:
+    """Render the in-container FUSE entrypoint for one session (its own uid, gid = uid).
 
     Pass a long-lived ``env`` to reuse its compiled template (compiling costs ~12 ms a launch)."""
-    sid = validation.session_id(session_id)
-    settings = settings.validated()
-    script = (env or environment()).get_template("entrypoint.sh.j2").render(
-        session_id=sid,
+    mount = s3fs_mount(settings, session_id, facts.MOUNTPOINT, uid=uid, gid=uid, tmpdir="/tmp")
+    return (env or environment()).get_template("entrypoint.sh.j2").render(
+        session_id=session_id,
         bucket=settings.bucket,
-        prefix=session_prefix(sid),
-        mountpoint=MOUNTPOINT,
-        uid=settings.uid,
-        gid=settings.gid,
-        secrets_file=SECRETS_FILE,
-        state_dir=CONTAINER_STATE_DIR,
-        executor_socket=EXECUTOR_SOCKET,
-        executor_app=EXECUTOR_APP,
+        prefix=facts.session_prefix(session_id),
+        mountpoint=facts.MOUNTPOINT,
+        uid=uid,
+        gid=uid,
+        secrets_file=f"{facts.BOOT_DIR}/credentials",
+        state_dir=facts.CONTAINER_STATE_DIR,
+        executor_socket=f"{facts.CONTROL_DIR}/{facts.SOCKET_NAME}",
+        executor_app=facts.EXECUTOR_APP,
+        executor_path=facts.EXECUTOR_PATH,
         mount_timeout_ticks=MOUNT_TIMEOUT_SECONDS * 100,
-        s3fs_options=s3fs_mount_options(settings),
+        s3fs_options=list(mount.options),
     )
-    return RenderedEntrypoint(script=script, session_id=sid)

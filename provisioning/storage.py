@@ -12,21 +12,30 @@ import boto3
 import botocore.config
 import botocore.exceptions
 
-from . import validation
+from . import facts, validation
 from .config import Settings
+from .errors import SandboxHostError
 
-AREAS = ("uploads", "artifacts")
+AREAS = facts.AREAS
 
 
-class StorageError(RuntimeError):
-    """An S3 operation failed; the message is one line naming the cause and the fix."""
+class StorageError(SandboxHostError):
+    """An S3 operation failed; the message is one line naming the cause and the fix. ``kind``:
+    unreachable, no-bucket, credentials, not-found or storage."""
+
+    kind = "storage"
+
+    def __init__(self, message: str, kind: str = "storage") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def explain_error(exc: Exception, settings: Settings, action: str) -> StorageError:
     where = f"{settings.s3_endpoint} (bucket {settings.bucket})"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return StorageError(
-            f"{action}: S3 endpoint {settings.s3_endpoint} is unreachable; check SANDBOX_S3_ENDPOINT and that the server runs"
+            f"{action}: S3 endpoint {settings.s3_endpoint} is unreachable; check SANDBOX_S3_ENDPOINT and that the server runs",
+            "unreachable",
         )
     if isinstance(exc, botocore.exceptions.ClientError):
         code = str(exc.response.get("Error", {}).get("Code", ""))
@@ -34,19 +43,22 @@ def explain_error(exc: Exception, settings: Settings, action: str) -> StorageErr
         if code in ("NoSuchBucket",) or (code == "404" and action.startswith("check bucket")):
             return StorageError(
                 f"{action}: bucket {settings.bucket} does not exist at {settings.s3_endpoint}; "
-                "create it (sandbox-host creates it on session create) or fix SANDBOX_S3_BUCKET"
+                "create it (sandbox-host creates it on session create) or fix SANDBOX_S3_BUCKET",
+                "no-bucket",
             )
         if code in ("InvalidAccessKeyId", "SignatureDoesNotMatch", "InvalidClientTokenId", "ExpiredToken",
                     "InvalidToken", "AccessDenied", "403") or status == 403:
             return StorageError(
                 f"{action}: S3 refused the credentials at {where} ({code or status}); "
-                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)"
+                "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (and AWS_SESSION_TOKEN)",
+                "credentials",
             )
         if code in ("NoSuchKey", "404"):
-            return StorageError(f"{action}: no such object at {where}")
+            return StorageError(f"{action}: no such object at {where}", "not-found")
         return StorageError(f"{action}: S3 error {code or status} at {where}: {exc}")
     if isinstance(exc, botocore.exceptions.NoCredentialsError):
-        return StorageError(f"{action}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY")
+        return StorageError(f"{action}: no S3 credentials; set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY",
+                            "credentials")
     if isinstance(exc, botocore.exceptions.BotoCoreError):
         return StorageError(f"{action}: {exc}")
     return StorageError(f"{action}: {exc}")
@@ -115,7 +127,7 @@ class SessionStorage:
     # -- layout -------------------------------------------------------------------------
     @staticmethod
     def prefix(session_id: str) -> str:
-        return f"sessions/{validation.session_id(session_id)}/"
+        return f"{facts.session_prefix(validation.session_id(session_id))}/"
 
     def ensure_root(self, session_id: str) -> None:
         """The session prefix's own marker: s3fs mounts ``BUCKET:/sessions/<id>`` only when it exists."""

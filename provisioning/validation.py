@@ -9,8 +9,10 @@ import ipaddress
 import re
 from urllib.parse import urlsplit
 
+from .errors import InputError
 
-class ValidationError(ValueError):
+
+class ValidationError(InputError, ValueError):
     """A user-supplied value is not acceptable. The message names the field and the fix."""
 
     def __init__(self, field: str, value: object, rule: str) -> None:
@@ -24,8 +26,17 @@ SESSION_ID_MAX = 63
 _SESSION_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")
 
 
-def session_id(value: str) -> str:
+class SessionId(str):
+    """A session id that passed :func:`session_id`: the only way to make one, so code that takes
+    a SessionId never checks it again."""
+
+    __slots__ = ()
+
+
+def session_id(value: str) -> SessionId:
     """Letters, digits, '-' and '_', starting with a letter or digit, at most 63 characters."""
+    if isinstance(value, SessionId):
+        return value
     if not isinstance(value, str) or not value:
         raise ValidationError("session id", value, "must be a non-empty string")
     if len(value) > SESSION_ID_MAX:
@@ -39,7 +50,7 @@ def session_id(value: str) -> str:
             "use only letters, digits, '-' and '_', starting with a letter or digit "
             "(no '/', '..', whitespace or control characters)",
         )
-    return value
+    return SessionId(value)
 
 
 _BUCKET_RE = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
@@ -64,32 +75,66 @@ def bucket(value: str) -> str:
     raise ValidationError("bucket", value, rule)
 
 
+_HOST_LABEL_RE = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
+
+
+def _endpoint_host(host: str) -> bool:
+    """A DNS name, an IPv4 address or a bracketed IPv6 address: nothing else may reach s3fs's
+    comma-separated option list or a URL (no ',', '=', '%', '@', '\\' ...)."""
+    if host.startswith("[") and host.endswith("]"):
+        try:
+            ipaddress.IPv6Address(host[1:-1])
+        except ValueError:
+            return False
+        return True
+    if len(host) > 253:
+        return False
+    return all(_HOST_LABEL_RE.fullmatch(label) for label in host.split("."))
+
+
 def endpoint(value: str) -> str:
-    """An http(s) URL with a host, no credentials, query or fragment. Returns it without a trailing '/'."""
+    """An http(s) URL: scheme, host (DNS name or IP) and optional port, nothing else.
+    Returns ``scheme://host[:port]``."""
+    field = "S3 endpoint"
     if not isinstance(value, str) or not value:
-        raise ValidationError("S3 endpoint", value, "set it, e.g. http://127.0.0.1:9000")
+        raise ValidationError(field, value, "set it, e.g. http://127.0.0.1:9000")
     if any(c.isspace() or ord(c) < 0x20 or ord(c) == 0x7F for c in value):
-        raise ValidationError("S3 endpoint", value, "must not contain whitespace or control characters")
+        raise ValidationError(field, value, "must not contain whitespace or control characters")
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https"):
-        raise ValidationError("S3 endpoint", value, "must be an http:// or https:// URL")
+        raise ValidationError(field, value, "must be an http:// or https:// URL")
     if parts.username is not None or parts.password is not None or "@" in parts.netloc:
         raise ValidationError(
-            "S3 endpoint",
-            "<redacted>",
+            field, "<redacted>",
             "must not carry credentials; pass them as AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY",
         )
-    if not parts.hostname:
-        raise ValidationError("S3 endpoint", value, "has no host")
-    try:
-        parts.port  # noqa: B018 - raises on a malformed port
-    except ValueError:
-        raise ValidationError("S3 endpoint", value, "has an invalid port") from None
-    if parts.query or parts.fragment:
-        raise ValidationError("S3 endpoint", value, "must not have a query or fragment")
+    if parts.query or parts.fragment or "?" in value or "#" in value:
+        raise ValidationError(field, value, "must not have a query or fragment")
     if parts.path not in ("", "/"):
-        raise ValidationError("S3 endpoint", value, "must not have a path (use the bucket setting)")
+        raise ValidationError(field, value, "must not have a path (use the bucket setting)")
+    host, sep, port = parts.netloc.rpartition(":") if not parts.netloc.endswith("]") else (parts.netloc, "", "")
+    if not sep:
+        host, port = parts.netloc, ""
+    if not host:
+        raise ValidationError(field, value, "has no host")
+    if not _endpoint_host(host):
+        raise ValidationError(
+            field, value, "the host must be a DNS name or an IP address ([v6] bracketed), without ',', "
+            "'=' or other punctuation"
+        )
+    if sep and not (port.isascii() and port.isdigit() and 0 < int(port) < 65536):
+        raise ValidationError(field, value, "has an invalid port (1-65535)")
     return f"{parts.scheme}://{parts.netloc}"
+
+
+_REGION_RE = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,30}[a-z0-9])?")
+
+
+def region(value: str) -> str:
+    """An S3 signing region such as us-east-1: lowercase letters, digits and '-'."""
+    if not isinstance(value, str) or not _REGION_RE.fullmatch(value):
+        raise ValidationError("region", value, "must be a region name such as us-east-1 (a-z, 0-9, '-')")
+    return value
 
 
 def unix_id(field: str, value: int) -> int:
@@ -99,6 +144,67 @@ def unix_id(field: str, value: int) -> int:
     if not 1 <= value <= 2**31 - 2:
         raise ValidationError(field, value, "must be between 1 and 2147483646 (never 0: root)")
     return value
+
+
+def uid_range(value: object) -> tuple[int, int]:
+    """``[first, last]`` sandbox uids (gid = uid), at least 1,024 of them, none below 65536
+    (where distributions put their accounts)."""
+    rule = "give [first, last] with 65536 <= first, last - first >= 1023, last <= 2147483646"
+    if isinstance(value, str):
+        first_s, sep, last_s = value.partition("-")
+        if not sep:
+            raise ValidationError("uid range", value, rule)
+        try:
+            value = [int(first_s), int(last_s)]
+        except ValueError:
+            raise ValidationError("uid range", value, rule) from None
+    if not isinstance(value, (list, tuple)) or len(value) != 2 or not all(
+        isinstance(v, int) and not isinstance(v, bool) for v in value
+    ):
+        raise ValidationError("uid range", value, rule)
+    first, last = value
+    if not (65536 <= first and last - first >= 1023 and last <= 2**31 - 2):
+        raise ValidationError("uid range", value, rule)
+    return first, last
+
+
+# Host directories the state directory must never be: sandbox-host chmods and removes below it.
+_SYSTEM_DIRS = frozenset({"/", "/bin", "/boot", "/dev", "/etc", "/home", "/lib", "/lib64", "/media", "/mnt",
+                          "/opt", "/proc", "/root", "/run", "/sbin", "/srv", "/sys", "/tmp", "/usr", "/var",
+                          "/var/lib", "/var/run", "/var/tmp", "/var/cache", "/var/log", "/run/user"})
+
+
+def state_dir(value: str) -> str:
+    """An absolute path, not a system directory, in which every existing component is a real
+    directory (no symlink) owned by root and writable by nobody else: sessions' control
+    sockets and boot files live below it, so nobody but root may swap any part of it."""
+    import os
+    import stat as stat_mod
+
+    field = "state dir"
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValidationError(field, value, "must be an absolute path, e.g. /run/sandbox-host")
+    path = os.path.normpath(value)
+    if path in _SYSTEM_DIRS:
+        raise ValidationError(field, value, "must be a directory of its own, not a system directory")
+    if path != value.rstrip("/") or "/." in path:
+        raise ValidationError(field, value, "must be a normalised path (no '.', '..' or '//')")
+    current = "/"
+    for part in [p for p in path.split("/") if p]:
+        current = os.path.join(current, part)
+        try:
+            info = os.lstat(current)
+        except FileNotFoundError:
+            break  # created below by sandbox-host, as root, mode 0711
+        except OSError as exc:
+            raise ValidationError(field, value, f"cannot inspect {current}: {exc.strerror}") from None
+        if stat_mod.S_ISLNK(info.st_mode) or not stat_mod.S_ISDIR(info.st_mode):
+            raise ValidationError(field, value, f"{current} is a symlink or not a directory; use a real path")
+        if info.st_uid != 0 or info.st_mode & (stat_mod.S_IWGRP | stat_mod.S_IWOTH):
+            raise ValidationError(
+                field, value, f"{current} must be owned by root and writable by root only (chown root; chmod go-w)"
+            )
+    return path
 
 
 # s3fs options a caller may set. Values are checked by type; anything else is refused,
@@ -187,6 +293,38 @@ def memory_size(field: str, value: str) -> str:
 def positive_number(field: str, value: float) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValidationError(field, value, "must be a positive number")
+    return value
+
+
+def choice(field: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValidationError(field, value, "must be one of " + ", ".join(allowed))
+    return value
+
+
+_PLUGIN_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+
+
+def plugin_name(value: str) -> str:
+    """A Docker volume driver name (its socket is /run/docker/plugins/<name>.sock)."""
+    if not isinstance(value, str) or not _PLUGIN_RE.fullmatch(value):
+        raise ValidationError("volume driver", value, "use lowercase letters, digits, '.', '_' and '-'")
+    return value
+
+
+_ARN_RE = re.compile(r"arn:aws[a-z-]*:iam::[0-9A-Za-z_-]*:role/[A-Za-z0-9+=,.@_/-]{1,128}")
+
+
+def role_arn(value: str) -> str:
+    if not isinstance(value, str) or not _ARN_RE.fullmatch(value):
+        raise ValidationError("STS role ARN", value, "must look like arn:aws:iam::ACCOUNT:role/NAME")
+    return value
+
+
+def session_lifetime(value: int) -> int:
+    """Seconds that a session's temporary credentials last: 15 minutes to 7 days (STS's bounds)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 900 <= value <= 604800:
+        raise ValidationError("session lifetime", value, "must be whole seconds from 900 to 604800")
     return value
 
 

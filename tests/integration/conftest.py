@@ -1,17 +1,27 @@
+"""End-to-end fixtures: a real dockerd, real s3fs, an S3 server on 127.0.0.1, and a volume
+service of the tests' own. Every session test runs once per mount strategy."""
+
 from __future__ import annotations
 
+import dataclasses
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import docker
 import pytest
 
+from provisioning import facts
 from provisioning.config import Settings
 from provisioning.hostinfo import docker_client
 from provisioning.image import ImageBuilder
-from provisioning.launcher import LABEL_BUCKET, SessionManager
+from provisioning.launcher import SessionManager
 
-pytestmark = pytest.mark.docker
+from ..conftest import Store
+from ..servers.volumed import VolumeService
+
+STRATEGIES = ("host", "in-container")
+STAGING_SIZE = "1500m"  # above the 1 GB file test, below the 2 GB fill test
 
 
 @pytest.fixture(scope="session")
@@ -22,20 +32,41 @@ def docker_engine() -> docker.DockerClient:
 
 @pytest.fixture(scope="session")
 def executor_image(docker_engine: docker.DockerClient) -> str:
-    """Build (or confirm up to date) the executor image with the project's own builder."""
+    """Build (or confirm up to date) the executor image with the project's own builder, offline:
+    tests reach no registry (nor any address but loopback)."""
     result = ImageBuilder(docker_engine, log=lambda m: print(f"image: {m}", file=sys.stderr)).build(
-        "sandbox-executor:latest"
+        "sandbox-executor:latest", offline=True
     )
     return result.image
 
 
+@pytest.fixture(scope="session")
+def volume_service(s3_store: Store, session_bucket: str,
+                   tmp_path_factory: pytest.TempPathFactory) -> Iterator[VolumeService]:
+    """The host strategy's volume driver, serving the tests' S3 server and bucket."""
+    settings = {"s3_endpoint": s3_store.endpoint, "bucket": session_bucket, "sts_role_arn": s3_store.role_arn,
+                "access_key": s3_store.access_key, "secret_key": s3_store.secret_key,
+                "staging_size": STAGING_SIZE}
+    # A fixed driver name: Docker keeps asking every volume driver it ever met about names it does
+    # not know, and one random name per test run would leave it a growing list of dead ones.
+    with VolumeService(settings, tmp_path_factory.mktemp("volumed"), driver="sandbox-host-test") as service:
+        yield service
+
+
 def containers_for(client: docker.DockerClient, bucket: str) -> list[docker.models.containers.Container]:
-    return client.containers.list(all=True, filters={"label": f"{LABEL_BUCKET}={bucket}"})
+    return client.containers.list(all=True, filters={"label": f"{facts.LABEL_BUCKET}={bucket}"})
+
+
+@pytest.fixture(params=STRATEGIES)
+def strategy(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
 
 
 @pytest.fixture
-def settings(base_settings: Settings, executor_image: str) -> Settings:
-    return base_settings
+def settings(base_settings: Settings, executor_image: str, strategy: str, volume_service: VolumeService) -> Settings:
+    # The host strategy needs no network at all; s3fs in the container must reach 127.0.0.1.
+    return dataclasses.replace(base_settings, mount=strategy, volume_driver=volume_service.driver,
+                               network="none" if strategy == "host" else "host")
 
 
 @pytest.fixture
@@ -43,4 +74,34 @@ def manager(settings: Settings, docker_engine: docker.DockerClient, storage) -> 
     mgr = SessionManager(settings, client=docker_engine)
     yield mgr
     for container in containers_for(docker_engine, settings.bucket):
+        volume = container.labels.get(facts.LABEL_VOLUME)
         container.remove(force=True)
+        if volume:
+            try:
+                docker_engine.api.remove_volume(volume, force=True)
+            except docker.errors.APIError:
+                pass
+
+
+def state_dirs(settings: Settings) -> dict[str, list[Path]]:
+    """What the launcher keeps per session on the host (control and boot directories, uid leases)."""
+    state = Path(settings.state_dir)
+    found = {d: sorted((state / d).iterdir()) for d in ("sessions", "boot", "uids") if (state / d).exists()}
+    return {d: entries for d, entries in found.items() if entries}
+
+
+def host_s3fs_pids(bucket: str, sid: str) -> list[int]:
+    """Host PIDs of the s3fs processes serving a session (either strategy: in the container's or
+    the host's PID namespace, run directly or through the private runtime's loader)."""
+    needle = f"{bucket}:/sessions/{sid}".encode()
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if needle in argv and any(a == b"s3fs" or a.endswith(b"/s3fs") for a in argv[:argv.index(needle)]):
+            found.append(int(proc.name))
+    return found

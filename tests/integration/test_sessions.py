@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import signal
 import textwrap
 import time
 from pathlib import Path
@@ -11,13 +13,15 @@ from pathlib import Path
 import docker
 import pytest
 
+from provisioning import facts
 from provisioning.config import Settings
 from provisioning.executor_client import WorkspaceUnavailable
 from provisioning.launcher import SessionError, SessionExists, SessionManager
 from provisioning.storage import SessionStorage, StorageError
+from provisioning.uids import known_to_host
 
 from ..conftest import session_id
-from .conftest import containers_for
+from .conftest import containers_for, host_s3fs_pids, state_dirs
 
 
 def run_ok(manager: SessionManager, sid: str, code: str, stdin: bytes = b"") -> str:
@@ -49,9 +53,9 @@ def test_exec_passes_exit_code_and_streams(manager: SessionManager) -> None:
     assert timed.timed_out and timed.exit_code == 124
 
 
-def test_sandbox_user_has_no_capabilities(manager: SessionManager) -> None:
+def test_sandbox_user_has_no_capabilities(manager: SessionManager, settings: Settings) -> None:
     sid = session_id()
-    manager.create(sid)
+    info = manager.create(sid)
     out = json.loads(run_ok(manager, sid, """
         import json, os
         status = dict(l.split(":\\t", 1) for l in open("/proc/self/status").read().splitlines() if ":\\t" in l)
@@ -59,8 +63,11 @@ def test_sandbox_user_has_no_capabilities(manager: SessionManager) -> None:
                           "caps": {k: int(status[k], 16) for k in ("CapInh", "CapPrm", "CapEff", "CapBnd", "CapAmb")},
                           "nnp": status["NoNewPrivs"].strip()}))
     """))
-    assert (out["uid"], out["euid"], out["gid"]) == (1000, 1000, 1000)
-    assert out["groups"] in ([], [1000])
+    # Each session has a uid of its own from the sandbox range, unknown to the host.
+    first, last = settings.validated().uid_range
+    assert out["uid"] == out["euid"] == out["gid"] == info.uid and first <= info.uid <= last
+    assert not known_to_host(info.uid)
+    assert out["groups"] in ([], [info.uid])
     assert out["caps"] == {"CapInh": 0, "CapPrm": 0, "CapEff": 0, "CapBnd": 0, "CapAmb": 0}
     assert out["nnp"] == "1"
     umount = manager.exec(sid, argv=["umount", "/workspace"])
@@ -110,12 +117,14 @@ def test_credentials_are_nowhere_readable(manager: SessionManager, settings: Set
     container = docker_engine.containers.get(info.container_id)
     assert container.exec_run(["test", "-e", "/etc/sandbox-host/credentials"]).exit_code == 1
     assert secret not in json.dumps(container.attrs)
-    # The host directory the entrypoint was bound from: root-only, and the credentials are gone.
+    # The session's host directory (bound for the in-container entrypoint): root-only, and the
+    # credentials are gone from it.
     boot = Path(container.labels["io.sandbox-host.boot-dir"])
     assert boot.parent == Path(settings.state_dir) / "boot"
     assert (boot.stat().st_mode & 0o777, boot.stat().st_uid) == (0o700, 0)
     assert (boot.parent.stat().st_mode & 0o777) == 0o700
-    assert sorted(p.name for p in boot.iterdir()) == ["entrypoint.sh"]
+    expected = ["entrypoint.sh", "executor.peer"] if settings.mount == "in-container" else ["executor.peer"]
+    assert sorted(p.name for p in boot.iterdir()) == expected
 
 
 def test_other_sessions_are_invisible(manager: SessionManager, storage: SessionStorage) -> None:
@@ -170,59 +179,78 @@ def test_wrong_credentials_fail_before_any_container(settings: Settings, docker_
     assert containers_for(docker_engine, settings.bucket) == []
 
 
-class _RecordingManager(SessionManager):
-    """Keeps the entrypoint's output of discarded containers, to show what ran."""
+def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage, docker_engine: docker.DockerClient,
+                                    tmp_path: Path) -> None:
+    """The store refuses the workspace's credentials after the launcher's own check passed: no
+    session, nothing served, the reason named, nothing left behind."""
+    from ..servers.volumed import VolumeService
 
-    discarded_logs: list[str] = []
-
-    served: list[bool] = []
-
-    def _discard(self, container, *dirs):  # type: ignore[no-untyped-def]
-        self.discarded_logs.append(container.logs().decode(errors="replace"))
-        self.served.append(any((Path(d) / "executor.sock").exists() for d in dirs))
-        super()._discard(container, *dirs)
-
-
-def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
-                                    docker_engine: docker.DockerClient) -> None:
-    """S3 accepts the launcher's check but s3fs gets refused: no session, executor never started."""
-    bad = dataclasses.replace(settings, secret_key="not-the-secret")
-    manager = _RecordingManager(bad, client=docker_engine, storage=storage)
-    manager.discarded_logs, manager.served = [], []
-    with pytest.raises(SessionError, match="failed to start: s3fs exited") as err:
-        manager.create(session_id())
+    before = state_dirs(settings)
+    if settings.mount == "host":
+        # A volume service whose key the store refuses.
+        broken = {"s3_endpoint": settings.s3_endpoint, "bucket": settings.bucket, "access_key": settings.access_key,
+                  "secret_key": "not-the-secret", "sts_role_arn": settings.sts_role_arn}
+        with VolumeService(broken, tmp_path, driver="sandbox-host-test-broken") as service:
+            manager = SessionManager(dataclasses.replace(settings, volume_driver=service.driver),
+                                     client=docker_engine, storage=storage)
+            with pytest.raises(SessionError, match="failed to start|refused the workspace volume") as err:
+                manager.create(session_id())
+    else:
+        bad = dataclasses.replace(settings, secret_key="not-the-secret", scoped_credentials=False)
+        manager = SessionManager(bad, client=docker_engine, storage=storage)
+        with pytest.raises(SessionError, match="failed to start: s3fs exited") as err:
+            manager.create(session_id())
     assert "not-the-secret" not in str(err.value)
     assert containers_for(docker_engine, settings.bucket) == []
-    assert len(manager.discarded_logs) == 1
-    assert "executor started" not in manager.discarded_logs[0]
-    assert "error: s3fs exited" in manager.discarded_logs[0]
-    assert manager.served == [False]  # the gated executor never opened its socket
+    assert state_dirs(settings) == before
 
 
-def test_killed_s3fs_is_reported_and_exec_refuses(manager: SessionManager, docker_engine: docker.DockerClient) -> None:
+def test_killed_s3fs_is_reported_and_the_session_ends_failed(manager: SessionManager, settings: Settings,
+                                                             docker_engine: docker.DockerClient,
+                                                             storage: SessionStorage) -> None:
+    """s3fs dies: health says so within a second, exec refuses, the session ends as failed and
+    `list` says so; everything written and closed before the death is in S3."""
     sid = session_id()
-    info = manager.create(sid)
-    container = docker_engine.containers.get(info.container_id)
-    killed = container.exec_run(["sh", "-c", 'for p in /proc/[0-9]*; do [ "$(cat $p/comm 2>/dev/null)" = s3fs ] '
-                                             '&& kill -KILL "${p#/proc/}" && echo killed; done'])
-    assert b"killed" in killed.output
+    manager.create(sid)
+    run_ok(manager, sid, "open('artifacts/before.txt','w').write('kept')")
+    kill_s3fs(settings, sid)
+    killed_at = time.monotonic()
     health = manager.health(sid)
+    assert time.monotonic() - killed_at < 1.0
     assert health["ok"] is False and health["workspace_mounted"] is False
-    with pytest.raises(WorkspaceUnavailable, match="not usable"):
-        manager.exec(sid, argv=["sh", "-c", "echo lost > /workspace/artifacts/x"])
+    try:
+        result = manager.exec(sid, argv=["sh", "-c", "echo lost > /workspace/artifacts/x"])
+    except (WorkspaceUnavailable, SessionError):
+        pass
+    else:
+        raise AssertionError(f"exec ran on a dead workspace: {result}")
+    deadline = time.monotonic() + 10
+    while (state := manager.get(sid)).status == "running":
+        assert time.monotonic() < deadline, "the session did not end after its workspace died"
+        time.sleep(0.1)
+    assert state.status == "failed" and "workspace" in state.detail
+    assert [s.status for s in manager.list() if s.session_id == sid] == ["failed"]
+    assert storage.get_bytes(sid, "artifacts", "before.txt") == b"kept"
+    manager.stop(sid)
+
+
+def kill_s3fs(settings: Settings, sid: str) -> None:
+    pids = host_s3fs_pids(settings.bucket, sid)
+    assert len(pids) == 1, pids
+    os.kill(pids[0], signal.SIGKILL)
 
 
 def test_second_create_of_live_session_is_an_error(manager: SessionManager, docker_engine: docker.DockerClient,
                                                    settings: Settings) -> None:
     sid = session_id()
     manager.create(sid)
-    sessions_before = sorted((Path(settings.state_dir) / "sessions").iterdir())
+    before = state_dirs(settings)
     with pytest.raises(SessionExists, match="already exists"):
         manager.create(sid)
     assert len(containers_for(docker_engine, settings.bucket)) == 1
     assert [s.session_id for s in manager.list() if s.bucket == settings.bucket] == [sid]
     # The refused create left the live session's directories alone and took its own away.
-    assert sorted((Path(settings.state_dir) / "sessions").iterdir()) == sessions_before
+    assert state_dirs(settings) == before
     assert manager.health(sid)["ok"] is True
 
 
@@ -240,25 +268,36 @@ def test_ended_session_leftover_is_replaced(manager: SessionManager, docker_engi
 def test_missing_image_names_the_fix(settings: Settings, docker_engine: docker.DockerClient,
                                      storage: SessionStorage) -> None:
     missing = dataclasses.replace(settings, image="sandbox-executor:no-such-tag")
-    state = Path(settings.state_dir)
-    before = {d: sorted((state / d).iterdir()) for d in ("sessions", "boot") if (state / d).exists()}
+    before = state_dirs(settings)
     with pytest.raises(SessionError, match="not found; build it with 'sandbox-host image build'"):
         SessionManager(missing, client=docker_engine, storage=storage).create(session_id())
     assert containers_for(docker_engine, settings.bucket) == []
-    assert {d: sorted((state / d).iterdir()) for d in before} == before
+    assert state_dirs(settings) == before
 
 
 def test_container_is_confined(manager: SessionManager, docker_engine: docker.DockerClient,
                                settings: Settings) -> None:
     sid = session_id()
     info = manager.create(sid)
-    host_config = docker_engine.containers.get(info.container_id).attrs["HostConfig"]
+    attrs = docker_engine.containers.get(info.container_id).attrs
+    host_config = attrs["HostConfig"]
     assert host_config["Privileged"] is False
     assert host_config["CapDrop"] == ["ALL"]
-    assert sorted(host_config["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN"]
     assert "no-new-privileges" in host_config["SecurityOpt"]
+    assert host_config["ReadonlyRootfs"] is True
     assert host_config["Tmpfs"]["/tmp"].endswith("size=100m,mode=1777")
     assert host_config["Memory"] == 1024**3 and host_config["PidsLimit"] == 256
+    assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}
+    # The image's own ENTRYPOINT and CMD never run: both are set explicitly.
+    assert attrs["Config"]["Cmd"] in (None, []) and attrs["Config"]["Entrypoint"]
+    if settings.mount == "host":
+        assert not host_config["CapAdd"] and not host_config["Devices"]
+        assert attrs["Config"]["User"] == f"{info.uid}:{info.uid}"
+        assert attrs["Config"]["Entrypoint"][0] == "python3"
+        assert host_config["NetworkMode"] == "none"
+        assert [m["Type"] for m in attrs["Mounts"] if m["Destination"] == "/workspace"] == ["volume"]
+    else:
+        assert sorted(host_config["CapAdd"]) == ["KILL", "SETGID", "SETPCAP", "SETUID", "SYS_ADMIN"]
 
 
 def test_stop_is_graceful_and_removes(manager: SessionManager, docker_engine: docker.DockerClient,
@@ -276,8 +315,10 @@ def test_stop_is_graceful_and_removes(manager: SessionManager, docker_engine: do
 
 def test_file_larger_than_staging_fails_loudly(manager: SessionManager, storage: SessionStorage,
                                                settings: Settings) -> None:
-    """A file bigger than s3fs's staging tmpfs: the write fails where user code sees it, or the
-    object is complete in S3. Never a success report with a short or missing object."""
+    """In-container: s3fs stages in the /tmp tmpfs. A file bigger than it: the write fails where
+    user code sees it, or the object is complete in S3; never a success with a short object."""
+    if settings.mount == "host":
+        pytest.skip("the host strategy stages on host disk: see test_large_file_beyond_memory_limit")
     sid = session_id()
     manager.create(sid)
     mb = 120  # the default tmpfs is 100 MB
@@ -295,19 +336,19 @@ def test_file_larger_than_staging_fails_loudly(manager: SessionManager, storage:
 
 def test_entrypoint_death_is_seen_quickly(manager: SessionManager, docker_engine: docker.DockerClient,
                                           settings: Settings, tmp_path: Path) -> None:
-    """After Docker names the entrypoint's PID, /proc (not Docker) watches it: a death is seen in ms."""
+    """After Docker names the container's init PID, /proc (not Docker) watches it: a death is seen in ms."""
     control = tmp_path / "control"
     control.mkdir()
     container = docker_engine.containers.run(
         settings.image, entrypoint=["sh", "-c", "sleep 0.8; exit 3"], detach=True, network_mode="none",
-        labels={"io.sandbox-host.control-dir": str(control), "io.sandbox-host.bucket": settings.bucket})
+        labels={facts.LABEL_CONTROL: str(control), facts.LABEL_BUCKET: settings.bucket})
     inspections = []
     reload = container.reload
     container.reload = lambda: (inspections.append(1), reload())[1]  # type: ignore[method-assign]
     try:
         started = time.monotonic()
         with pytest.raises(SessionError, match="entrypoint exited before the workspace was ready"):
-            manager._wait_ready(container, timeout=20)
+            manager.backend._wait_ready(container, timeout=20)  # type: ignore[attr-defined]
         assert 0.7 < time.monotonic() - started < 5
         assert len(inspections) == 1  # Docker gave the PID once; /proc did the watching
     finally:

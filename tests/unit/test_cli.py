@@ -13,7 +13,13 @@ CASES = [
     (["session", "create", "ok1", "--s3fs-option", "passwd_file=/etc/shadow"], "s3fs option"),
     (["session", "create", "ok1", "--network", "container:x"], "network"),
     (["session", "create", "ok1", "--memory", "lots"], "memory"),
-    (["session", "create", "ok1", "--network", "none"], "network 'none'"),
+    (["session", "create", "ok1", "--network", "none", "--mount", "in-container"], "network 'none'"),
+    (["session", "create", "ok1", "--mount", "sideways"], "mount"),
+    # A ',' in the endpoint would smuggle options into s3fs's -o list.
+    (["session", "create", "ok1", "--endpoint", "http://127.0.0.1,no_check_certificate:9000"], "S3 endpoint"),
+    # sandbox-host chmods and removes below its state directory: never a system directory.
+    (["session", "create", "ok1", "--state-dir", "/"], "state dir"),
+    (["session", "create", "ok1", "--state-dir", "/tmp/x"], "state dir"),
 ]
 
 

@@ -1,0 +1,380 @@
+"""Sessions on this host's Docker engine: one container per session, its executor reached on a
+unix socket in a per-session host directory."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import socket
+import time
+from pathlib import Path
+
+import docker
+import docker.errors
+from docker.models.containers import Container
+from docker.types import DriverConfig, LogConfig, Mount
+
+from .. import facts
+from ..config import ValidSettings
+from ..errors import ImageMissing, SessionError, SessionExists, SessionNotFound
+from ..executor_client import ExecutorClient, ExecutorError
+from ..hostinfo import docker_client
+from ..mounts import BootFile
+from ..procs import ProcessRef, in_container
+from ..resources import data_dir
+from ..uids import UidLeases
+from ..validation import SessionId
+from .base import SessionInfo, SessionSpec
+
+ENTRYPOINT_ERROR_MARK = "]: error: "
+PEER_FILE = "executor.peer"  # in the session's root-only boot directory: which process is its executor
+
+
+def executor_app_dir() -> Path:
+    return data_dir("executor") / "app"
+
+
+def _docker_error(exc: docker.errors.APIError) -> str:
+    return str(exc.explanation or exc).strip()
+
+
+class DockerBackend:
+    name = "docker"
+
+    def __init__(self, settings: ValidSettings, client: docker.DockerClient | None = None) -> None:
+        self.settings = settings
+        self._client = client
+        self.state = Path(settings.state_dir)
+        self.uids = UidLeases(self.state, settings.uid_range)
+        self.node = socket.gethostname()
+
+    @property
+    def client(self) -> docker.DockerClient:
+        if self._client is None:
+            self._client = docker_client()
+        return self._client
+
+    # -- sandbox uids ---------------------------------------------------------------------------
+    def lease_uid(self, session_id: SessionId) -> int:
+        return self.uids.allocate(session_id)
+
+    def release_uid(self, uid: int) -> None:
+        self.uids.release(uid)
+
+    # -- lookup ---------------------------------------------------------------------------------
+    def _container(self, session_id: SessionId) -> Container | None:
+        try:
+            container = self.client.containers.get(facts.container_name(session_id))
+        except docker.errors.NotFound:
+            return None
+        if container.labels.get(facts.LABEL_SESSION) != session_id:
+            raise SessionError(
+                f"container {container.name} exists but is not a sandbox-host session; remove or rename it"
+            )
+        return container
+
+    def _get(self, session_id: SessionId) -> Container:
+        container = self._container(session_id)
+        if container is None:
+            raise SessionNotFound(f"no session {session_id}; list sessions with 'sandbox-host session list'")
+        return container
+
+    def _info(self, container: Container, launch_seconds: float | None = None) -> SessionInfo:
+        labels = container.labels
+        sid = labels[facts.LABEL_SESSION]
+        state = container.attrs.get("State", {})
+        status, detail = container.status, ""
+        if status in ("exited", "dead"):
+            code = int(state.get("ExitCode", -1))
+            if code == facts.EXIT_WORKSPACE_LOST:
+                status, detail = "failed", "the workspace mount died (its s3fs ended); the session was ended"
+            else:
+                detail = f"exit status {code}"
+        return SessionInfo(
+            session_id=sid,
+            container_id=container.id,
+            container_name=container.name,
+            status=status,
+            image=str(container.attrs.get("Config", {}).get("Image", "")),
+            network=str(container.attrs.get("HostConfig", {}).get("NetworkMode", "")),
+            bucket=labels.get(facts.LABEL_BUCKET, ""),
+            prefix=f"{facts.session_prefix(sid)}/",
+            mount=labels.get(facts.LABEL_STRATEGY, ""),
+            uid=int(labels.get(facts.LABEL_UID, "0") or 0),
+            node=self.node,
+            detail=detail,
+            launch_seconds=launch_seconds,
+        )
+
+    def find(self, session_id: SessionId) -> SessionInfo | None:
+        container = self._container(session_id)
+        return None if container is None else self._info(container)
+
+    def list(self) -> list[SessionInfo]:
+        containers = self.client.containers.list(all=True, filters={"label": f"{facts.LABEL_MANAGED}=true"})
+        return sorted((self._info(c) for c in containers), key=lambda s: s.session_id)
+
+    def executor(self, session_id: SessionId) -> ExecutorClient:
+        container = self._get(session_id)
+        if container.status != "running":
+            info = self._info(container)
+            raise SessionError(f"session {session_id} is not running ({info.status}"
+                               f"{': ' + info.detail if info.detail else ''})")
+        return self._client_for(container)
+
+    @staticmethod
+    def _client_for(container: Container) -> ExecutorClient:
+        labels = container.labels
+        boot = labels.get(facts.LABEL_BOOT, "")
+        expected = None
+        if boot:
+            try:
+                expected = ProcessRef.load((Path(boot) / PEER_FILE).read_text())
+            except OSError:
+                expected = None
+        if expected is None:
+            raise SessionError(f"session {labels.get(facts.LABEL_SESSION)} has no recorded executor; "
+                               "it did not finish starting: stop it and create it again")
+        return ExecutorClient(Path(labels[facts.LABEL_CONTROL]), container.id, expected)
+
+    # -- launch ---------------------------------------------------------------------------------
+    def _prepare_dirs(self, spec: SessionSpec) -> tuple[Path, Path]:
+        """This launch's host directories, named per attempt so that a create that loses a race
+        for the id never touches a live session's directories.
+
+        - control (bound at facts.CONTROL_DIR): the executor's socket. Owned by the session's
+          uid until the executor bound it, then closed (root, 0755) before any user code runs;
+        - boot (root only): the in-container entrypoint and credentials (bound at facts.BOOT_DIR
+          for that strategy), and which process is the executor."""
+        attempt = f"{spec.session_id}.{secrets.token_hex(4)}"  # '.' never occurs in a session id
+        control, boot = self.state / "sessions" / attempt, self.state / "boot" / attempt
+        self.state.mkdir(parents=True, exist_ok=True, mode=0o711)
+        control.parent.mkdir(exist_ok=True, mode=0o711)
+        boot.parent.mkdir(exist_ok=True, mode=0o700)
+        os.chmod(boot.parent, 0o700)
+        control.mkdir(mode=0o700)
+        os.chown(control, spec.uid, spec.uid)
+        boot.mkdir(mode=0o700)
+        for item in spec.plan.boot_files:
+            _write_private(boot / item.name, item)
+        return control, boot
+
+    @staticmethod
+    def _check_driver(driver: str) -> None:
+        """A stat, not a round trip: Docker itself would retry a missing driver for half a minute."""
+        if not (Path(facts.PLUGIN_DIR) / f"{driver}.sock").exists():
+            raise SessionError(
+                f"the volume driver {driver!r} is not running on this host (no {facts.PLUGIN_DIR}/{driver}.sock); "
+                "start it: systemctl start sandbox-host-volumes (or /etc/init.d/sandbox-host-volumes start)"
+            )
+
+    def _remove_volume(self, name: str) -> None:
+        """By name, with no lookup first: Docker resolves a name it does not know by asking every
+        volume driver it ever met, and a driver gone since (a stopped test instance) makes that
+        wait for a minute."""
+        try:
+            self.client.api.remove_volume(name, force=True)
+        except docker.errors.NotFound:
+            pass
+        except docker.errors.APIError:
+            pass  # still in use by a container being removed; `stop` removes it again
+
+    def _create_container(self, spec: SessionSpec, control: Path, boot: Path) -> Container:
+        settings, plan, sid = spec.settings, spec.plan, spec.session_id
+        labels = {
+            facts.LABEL_MANAGED: "true",
+            facts.LABEL_SESSION: sid,
+            facts.LABEL_BUCKET: settings.bucket,
+            facts.LABEL_STRATEGY: spec.strategy,
+            facts.LABEL_CONTROL: str(control),
+            facts.LABEL_BOOT: str(boot),
+            facts.LABEL_UID: str(spec.uid),
+        }
+        mounts = [
+            Mount(facts.CONTROL_DIR, str(control), type="bind"),
+            Mount(facts.EXECUTOR_DIR, str(executor_app_dir()), type="bind", read_only=True),
+        ]
+        if plan.boot_files:  # rw: the entrypoint deletes the credentials once read
+            mounts.append(Mount(facts.BOOT_DIR, str(boot), type="bind"))
+        if plan.volume is not None:
+            labels[facts.LABEL_VOLUME] = plan.volume.name
+            mounts.append(Mount(plan.volume.target, plan.volume.name, type="volume", no_copy=True,
+                                driver_config=DriverConfig(plan.volume.driver, plan.volume.options)))
+        tmpfs = {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777", **plan.tmpfs}
+        return self.client.containers.create(
+            settings.image,
+            name=facts.container_name(sid),
+            labels=labels,
+            user=plan.user or "0:0",
+            entrypoint=plan.entrypoint,
+            command=[],  # the image's own ENTRYPOINT/CMD never run
+            environment={"PATH": facts.EXECUTOR_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "SANDBOX_SESSION_ID": sid},
+            working_dir="/",
+            network_mode=settings.network,
+            devices=plan.devices,
+            cap_drop=["ALL"],
+            cap_add=plan.cap_add,
+            security_opt=["no-new-privileges", *plan.security_opt],
+            read_only=True,
+            tmpfs=tmpfs,
+            mounts=mounts,
+            mem_limit=settings.memory,
+            memswap_limit=settings.memory,
+            nano_cpus=int(settings.cpus * 1e9),
+            pids_limit=settings.pids_limit,
+            log_config=LogConfig(type="json-file", config={"max-size": settings.log_max_size, "max-file": "2"}),
+            init=False,
+            detach=True,
+        )
+
+    def launch(self, spec: SessionSpec) -> SessionInfo:
+        started = time.monotonic()
+        sid, plan = spec.session_id, spec.plan
+        if plan.volume is not None:
+            self._check_driver(plan.volume.driver)
+        control, boot = self._prepare_dirs(spec)
+        container: Container | None = None
+        volume_made = False
+        try:
+            # Docker creates the workspace volume with the container (after reserving the name,
+            # so a live session's id is refused before its volume is touched); the driver starts
+            # mounting at once, overlapping the rest of the creation, and Mount waits for it.
+            volume_made = plan.volume is not None  # from here on Docker may have made it (see _discard)
+            container = self._create_or_replace(spec, control, boot)
+            container.start()
+            peer = self._wait_ready(container, spec.settings.ready_timeout)
+        except BaseException as exc:
+            reason = None
+            if container is not None and isinstance(exc, SessionError | ExecutorError | docker.errors.APIError):
+                reason = self._failure_reason(container, exc)
+            # Refused before any volume was made (a live session's id, a missing image): Docker
+            # reserves the name and finds the image before it creates volumes.
+            if isinstance(exc, SessionExists | ImageMissing):
+                volume_made = False
+            self._discard(container, control, boot, plan.volume.name if plan.volume and volume_made else None)
+            if reason:
+                raise SessionError(f"session {sid} failed to start: {reason}") from None
+            raise
+        # No user code has run yet: this process is the executor, and the socket's directory
+        # closes so that nothing in the session can replace the socket.
+        _write_private(boot / PEER_FILE, BootFile(PEER_FILE, peer.dump().encode(), 0o600))
+        os.chown(control, 0, 0)
+        os.chmod(control, 0o755)
+        (boot / "credentials").unlink(missing_ok=True)  # the entrypoint removed it; make sure
+        container.reload()
+        return self._info(container, launch_seconds=round(time.monotonic() - started, 4))
+
+    def _create_or_replace(self, spec: SessionSpec, control: Path, boot: Path) -> Container:
+        """Docker says whether the image exists and the name is taken: no lookups before."""
+        sid = spec.session_id
+        for _attempt in range(2):
+            try:
+                return self._create_container(spec, control, boot)
+            except docker.errors.ImageNotFound:
+                raise ImageMissing(
+                    f"image {spec.settings.image} not found; build it with 'sandbox-host image build'"
+                ) from None
+            except docker.errors.APIError as exc:
+                if exc.status_code != 409:
+                    raise SessionError(f"cannot create the container for session {sid}: {_docker_error(exc)}") from None
+                existing = self._container(sid)
+                if existing is not None and existing.status in ("exited", "dead"):
+                    self._remove_session(existing)  # an ended session's leftover
+                    continue
+                state = f"container {existing.short_id}, {existing.status}" if existing else "being created"
+                raise SessionExists(f"session {sid} already exists ({state}); stop it first or use another id") from None
+        raise SessionExists(f"session {sid} already exists (a concurrent create won)")
+
+    def _wait_ready(self, container: Container, timeout: float) -> ProcessRef:
+        """Poll the executor's health: cheap local checks, Docker asked only until it names the
+        container's init PID (then /proc says whether it lives)."""
+        client = ExecutorClient(Path(container.labels[facts.LABEL_CONTROL]), container.id, None)
+        socket_path = client.socket_path
+        deadline = time.monotonic() + timeout
+        delay, next_liveness_check = 0.002, time.monotonic() + 0.25
+        init: ProcessRef | None = None
+        last = "the executor did not start"
+        while time.monotonic() < deadline:
+            if socket_path.exists():
+                try:
+                    health, peer = client.identify(timeout=5)
+                except ExecutorError as exc:
+                    last = str(exc)
+                else:
+                    if health.get("ok"):
+                        return peer
+                    last = f"executor reports: {health.get('detail')}"
+            if time.monotonic() >= next_liveness_check:
+                if init is not None:
+                    alive = init.alive()
+                else:
+                    container.reload()
+                    alive = container.status not in ("exited", "dead")
+                    pid = int(container.attrs.get("State", {}).get("Pid") or 0)
+                    # Another PID namespace (a launcher in a container) cannot see it: keep asking Docker.
+                    if alive and pid and in_container(pid, container.id):
+                        init = ProcessRef.of(pid)
+                if not alive:
+                    raise SessionError("the entrypoint exited before the workspace was ready")
+                next_liveness_check = time.monotonic() + (0.02 if init else 0.25)
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.01)
+        raise SessionError(f"not ready after {timeout:g}s: {last}")
+
+    def _failure_reason(self, container: Container, exc: BaseException) -> str:
+        try:
+            container.reload()
+            if container.status == "running":
+                container.stop(timeout=5)
+            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+        except docker.errors.APIError as api:
+            return f"{exc} ({_docker_error(api)})"
+        errors = [line for line in logs.splitlines() if ENTRYPOINT_ERROR_MARK in line]
+        if errors:
+            return errors[-1].split(ENTRYPOINT_ERROR_MARK, 1)[1]
+        tail = [line for line in logs.splitlines() if line.strip()][-3:]
+        return " | ".join(tail) or str(exc) or "the entrypoint printed nothing"
+
+    def _discard(self, container: Container | None, control: Path, boot: Path, volume: str | None) -> None:
+        if container is not None:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+        if volume is not None:
+            self._remove_volume(volume)  # this launch's own (named by its uid), whether or not Docker made it
+        for path in (control, boot):
+            shutil.rmtree(path, ignore_errors=True)
+
+    def _remove_session(self, container: Container) -> None:
+        labels = container.labels
+        try:
+            container.remove(force=True)
+        except docker.errors.NotFound:
+            pass
+        if labels.get(facts.LABEL_VOLUME):
+            self._remove_volume(labels[facts.LABEL_VOLUME])
+        for label in (facts.LABEL_CONTROL, facts.LABEL_BOOT):
+            if labels.get(label):
+                shutil.rmtree(labels[label], ignore_errors=True)
+        if labels.get(facts.LABEL_UID, "").isdigit():
+            self.release_uid(int(labels[facts.LABEL_UID]))
+
+    # -- stop -----------------------------------------------------------------------------------
+    def stop(self, session_id: SessionId, timeout: int) -> int:
+        """SIGTERM: the executor ends user code, the workspace is flushed and unmounted (by the
+        entrypoint, or by the volume driver once the container exited); then remove."""
+        container = self._get(session_id)
+        if container.status == "running":
+            container.stop(timeout=timeout)
+        result = container.wait(timeout=timeout + 30)
+        code = int(result.get("StatusCode", -1))
+        self._remove_session(container)
+        return code
+
+
+def _write_private(path: Path, item: BootFile) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, item.mode)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(item.data)

@@ -1,0 +1,32 @@
+"""The host strategy (the default): s3fs runs on the host, started by the sandbox-host volume
+driver (provisioning.volumed) with credentials scoped to the session's prefix, and Docker
+binds the mount into a container that holds no capability and no device."""
+
+from __future__ import annotations
+
+from .. import facts
+from ..config import ValidSettings
+from ..validation import SessionId
+from .base import VolumeSpec, WorkspacePlan
+
+
+def executor_command() -> list[str]:
+    # -E: no PYTHON* variables; -s: no user site. The app directory is the script's own.
+    return ["python3", "-E", "-s", facts.EXECUTOR_APP,
+            "--socket", f"{facts.CONTROL_DIR}/{facts.SOCKET_NAME}", "--workspace", facts.MOUNTPOINT]
+
+
+class HostMount:
+    name = "host"
+
+    def check(self, settings: ValidSettings) -> None:
+        """Any network mode works: the container never talks to S3."""
+
+    def plan(self, session_id: SessionId, settings: ValidSettings, uid: int) -> WorkspacePlan:
+        volume = VolumeSpec(
+            name=facts.volume_name(session_id, uid),
+            driver=settings.volume_driver,
+            options={"session": session_id, "uid": str(uid), "gid": str(uid)},
+            target=facts.MOUNTPOINT,
+        )
+        return WorkspacePlan(user=f"{uid}:{uid}", entrypoint=executor_command(), volume=volume)

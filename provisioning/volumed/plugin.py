@@ -1,0 +1,163 @@
+"""Docker's volume plugin protocol (HTTP + JSON on a unix socket in /run/docker/plugins/),
+served for a :class:`VolumeManager`. Docker calls Create/Mount/Unmount/Remove; `sandbox-host`
+itself reads ``/SandboxHost.Volumes`` for the state of each mount (status, error)."""
+
+from __future__ import annotations
+
+import json
+import os
+import socketserver
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+from typing import Any
+
+from ..errors import SandboxHostError
+from .volumes import VolumeManager
+
+CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
+MAX_BODY = 1 << 20
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server: PluginServer
+    timeout = 60  # a client that sends half a request does not hold a thread forever
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
+        pass
+
+    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+        try:
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if not 0 <= length <= MAX_BODY:
+            self._reply(400, {"Err": "bad Content-Length"})
+            return
+        raw = self.rfile.read(length) if length else b""
+        try:
+            body = json.loads(raw) if raw.strip() else {}
+            if not isinstance(body, dict):
+                raise ValueError("not an object")
+        except (ValueError, RecursionError):
+            self._reply(400, {"Err": "the request body is not a JSON object"})
+            return
+        route = self.server.routes.get(self.path)
+        if route is None:
+            self._reply(404, {"Err": f"unknown endpoint {self.path}"})
+            return
+        try:
+            answer = route(body)
+        except SandboxHostError as exc:
+            answer = {"Err": str(exc)}
+        except Exception as exc:  # noqa: BLE001 - Docker shows Err to the user; the service lives on
+            self.server.log(f"{self.path}: {type(exc).__name__}: {exc}")
+            answer = {"Err": f"internal error in {self.path}: {type(exc).__name__}"}
+        self._reply(200, answer)
+
+    do_GET = do_POST  # noqa: N815
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", CONTENT_TYPE)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+    def __init__(self, path: Path, manager: VolumeManager, log: Callable[[str], None] = lambda _m: None) -> None:
+        self.manager = manager
+        self.log = log
+        self.routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+            "/Plugin.Activate": lambda _b: {"Implements": ["VolumeDriver"]},
+            "/VolumeDriver.Capabilities": lambda _b: {"Capabilities": {"Scope": "local"}},
+            "/VolumeDriver.Create": self._create,
+            "/VolumeDriver.Remove": self._remove,
+            "/VolumeDriver.Mount": self._mount,
+            "/VolumeDriver.Unmount": self._unmount,
+            "/VolumeDriver.Path": self._path,
+            "/VolumeDriver.Get": self._get,
+            "/VolumeDriver.List": self._list,
+            "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        old = os.umask(0o177)  # root only: Docker (and sandbox-host, as root) are the clients
+        try:
+            super().__init__(str(path), _Handler)
+        finally:
+            os.umask(old)
+        self.path = path
+
+    @staticmethod
+    def _name(body: dict[str, Any]) -> str:
+        name = body.get("Name")
+        if not isinstance(name, str) or not name:
+            raise SandboxHostError("the request names no volume")
+        return name
+
+    def _create(self, body: dict[str, Any]) -> dict[str, Any]:
+        opts = body.get("Opts") or {}
+        if not isinstance(opts, dict):
+            raise SandboxHostError("Opts must be an object")
+        self.manager.create(self._name(body), opts)
+        return {"Err": ""}
+
+    def _remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.manager.remove(self._name(body))
+        return {"Err": ""}
+
+    def _mount(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"Mountpoint": str(self.manager.mount(self._name(body), str(body.get("ID", "")))), "Err": ""}
+
+    def _unmount(self, body: dict[str, Any]) -> dict[str, Any]:
+        self.manager.unmount(self._name(body), str(body.get("ID", "")))
+        return {"Err": ""}
+
+    def _path(self, body: dict[str, Any]) -> dict[str, Any]:
+        state = self.manager.get(self._name(body))
+        mounted = state.status == "mounted"
+        return {"Mountpoint": str(self.manager.mountpoint(state.name)) if mounted else "", "Err": ""}
+
+    def _describe(self, name: str) -> dict[str, Any]:
+        state = self.manager.get(name)
+        volume: dict[str, Any] = {"Name": name, "Status": {"status": state.status, "session": state.session_id}}
+        if state.error:
+            volume["Status"]["error"] = state.error
+        if state.status == "mounted":
+            volume["Mountpoint"] = str(self.manager.mountpoint(name))
+        return volume
+
+    def _get(self, body: dict[str, Any]) -> dict[str, Any]:
+        return {"Volume": self._describe(self._name(body)), "Err": ""}
+
+    def _list(self, _body: dict[str, Any]) -> dict[str, Any]:
+        return {"Volumes": [self._describe(v.name) for v in self.manager.list()], "Err": ""}
+
+
+def serve(manager: VolumeManager, socket_path: Path, log: Callable[[str], None],
+          stop: threading.Event | None = None) -> None:
+    """Serve until ``stop`` is set (or forever). Stopping leaves every mount in place: a new
+    instance adopts them (:meth:`VolumeManager.adopt`)."""
+    server = PluginServer(socket_path, manager, log)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
+    thread.start()
+    log(f"volume driver listening on {socket_path}")
+    try:
+        (stop or threading.Event()).wait()
+    finally:
+        server.shutdown()
+        server.server_close()
+        try:
+            socket_path.unlink()
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,133 @@
+"""One s3fs process per session on the host: start it, see its mount appear, stop it so that
+every write reaches S3, and watch it (also after the service restarted: by pidfd, not by
+being its parent)."""
+
+from __future__ import annotations
+
+import os
+import selectors
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from ..config import Credentials
+from ..errors import SandboxHostError
+from ..procs import ProcessRef
+from ..s3fsopts import S3fsMount
+from .staging import is_mounted
+
+
+class MountError(SandboxHostError):
+    kind = "mount"
+
+
+def log_tail(log: Path, lines: int = 1) -> str:
+    try:
+        text = log.read_text(errors="replace")
+    except OSError:
+        return ""
+    useful = [line for line in text.splitlines() if line.strip() and "[INF]" not in line]
+    return " | ".join(useful[-lines:])
+
+
+def start(mount: S3fsMount, credentials: Credentials, log: Path, binary: str = "s3fs") -> subprocess.Popen[bytes]:
+    """s3fs in the foreground, in a session of its own (a restart of the service does not take
+    it along), credentials in its environment only (a root process's environ is root's alone)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
+           "AWS_ACCESS_KEY_ID": credentials.access_key,
+           "AWS_SECRET_ACCESS_KEY": credentials.secret_key}
+    if credentials.session_token:
+        env["AWS_SESSION_TOKEN"] = credentials.session_token
+    log.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        return subprocess.Popen(mount.argv(binary), env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+                                start_new_session=True, close_fds=True)
+    except OSError as exc:
+        raise MountError(f"cannot start {binary}: {exc.strerror}; install s3fs (roles/s3fs)") from None
+    finally:
+        os.close(fd)
+
+
+def wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    delay = 0.001
+    while not is_mounted(mountpoint):
+        if proc.poll() is not None:
+            raise MountError(f"s3fs exited (status {proc.returncode}) before mounting: {log_tail(log)}")
+        if time.monotonic() > deadline:
+            raise MountError(f"s3fs did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}")
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.01)
+
+
+def unmount(mountpoint: Path) -> None:
+    """Unmount; a busy mount (a process still inside) is detached lazily instead."""
+    if not is_mounted(mountpoint):
+        return
+    proc = subprocess.run(["umount", str(mountpoint)], capture_output=True, text=True)
+    if proc.returncode != 0 and is_mounted(mountpoint):
+        subprocess.run(["umount", "-l", str(mountpoint)], capture_output=True, text=True)
+
+
+def wait_exit(ref: ProcessRef, timeout: float, reap: Callable[[int], None] | None = None) -> bool:
+    """Wait for the process to end (s3fs flushes before it exits). True if it ended in time."""
+    deadline = time.monotonic() + timeout
+    while ref.alive():
+        if reap is not None:
+            reap(ref.pid)
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.005)
+    return True
+
+
+class Watcher:
+    """Calls ``on_exit(ref)`` when a watched process ends, whoever its parent is (pidfd)."""
+
+    def __init__(self, on_exit: Callable[[ProcessRef], None]) -> None:
+        self._on_exit = on_exit
+        self._selector = selectors.DefaultSelector()
+        self._lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._run, name="s3fs-watcher", daemon=True)
+        self._thread.start()
+
+    def watch(self, ref: ProcessRef) -> None:
+        try:
+            fd = os.pidfd_open(ref.pid)
+        except ProcessLookupError:
+            self._on_exit(ref)
+            return
+        if not ref.alive():  # the pid was reused between the check and the pidfd
+            os.close(fd)
+            self._on_exit(ref)
+            return
+        with self._lock:
+            self._selector.register(fd, selectors.EVENT_READ, ref)
+        os.write(self._wake_w, b"x")
+
+    def forget(self, ref: ProcessRef) -> None:
+        with self._lock:
+            for key in list(self._selector.get_map().values()):
+                if key.data == ref:
+                    self._selector.unregister(key.fileobj)
+                    os.close(key.fd)
+
+    def _run(self) -> None:
+        while True:
+            events = self._selector.select()
+            for key, _mask in events:
+                if key.data is None:
+                    os.read(self._wake_r, 4096)
+                    continue
+                with self._lock:
+                    try:
+                        self._selector.unregister(key.fileobj)
+                    except (KeyError, ValueError):
+                        continue  # forgotten meanwhile
+                    os.close(key.fd)
+                self._on_exit(key.data)  # reaping (and the status) is the owner's: it may be a child

@@ -1,0 +1,422 @@
+"""The volumes the host service manages: one per session, each an s3fs mount of
+``BUCKET:/sessions/<id>`` with its own scoped credentials and staging area.
+
+Lifecycle, as Docker drives it through the plugin protocol:
+  Create  -> the mount starts in the background (credentials, marker, staging, s3fs, probe),
+             so that it overlaps the container's creation;
+  Mount   -> waits for it, counts the caller, returns the mount point Docker binds;
+  Unmount -> when the last caller left: unmount, wait for s3fs to exit (it uploads what is
+             pending before it exits), remove the staging area;
+  Remove  -> forgets the volume.
+State is written to ``SERVICE_STATE_DIR`` so that a restarted service adopts the mounts that
+outlived it (s3fs runs in a session of its own and is not stopped with the service).
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import grp
+import json
+import os
+import pwd
+import secrets
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import botocore.config
+import botocore.exceptions
+
+from .. import credentials as creds_mod
+from .. import facts, hostinfo, validation
+from ..config import Credentials, ValidSettings
+from ..errors import SandboxHostError
+from ..s3fsopts import s3fs_mount
+from ..validation import SessionId
+from . import s3fs
+from ..procs import ProcessRef
+from .s3fs import MountError
+from .staging import Staging, StagingPool, is_mounted
+
+MOUNT_TIMEOUT = 30.0
+EXIT_TIMEOUT = 120.0  # s3fs uploads what is pending before it exits: allow for a large last file
+
+
+class VolumeError(SandboxHostError):
+    kind = "volume"
+
+
+class VolumeNotFound(VolumeError):
+    kind = "not-found"
+
+
+@dataclass
+class VolumeState:
+    name: str
+    session_id: str
+    uid: int
+    gid: int
+    status: str = "mounting"  # mounting | mounted | failed | unmounted
+    error: str = ""
+    refs: list[str] = field(default_factory=list)
+    pid: int = 0
+    start_time: int = 0
+    staging: str = ""  # the staging image's path
+    created: float = field(default_factory=time.time)
+
+    @property
+    def process(self) -> ProcessRef | None:
+        return ProcessRef(self.pid, self.start_time) if self.pid else None
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class VolumeOptions:
+    session_id: SessionId
+    uid: int
+    gid: int
+
+
+def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, int]) -> VolumeOptions:
+    """``session=<id>,uid=<n>,gid=<n>``; the name must be ``sandbox-ws-<id>.<uid>``; the ids must
+    lie in the sandbox range and belong to no host account."""
+    opts = dict(opts or {})
+    unknown = sorted(set(opts) - {"session", "uid", "gid"})
+    if unknown:
+        raise validation.ValidationError("volume option", ",".join(unknown), "known options: session, uid, gid")
+    sid = validation.session_id(str(opts.get("session", "")))
+    ids = []
+    for key in ("uid", "gid"):
+        try:
+            value = int(str(opts.get(key, "")), 10)
+        except ValueError:
+            raise validation.ValidationError(f"volume option {key}", opts.get(key), "give a number") from None
+        if not uid_range[0] <= value <= uid_range[1]:
+            raise validation.ValidationError(f"volume option {key}", value,
+                                             f"must lie in the sandbox range {uid_range[0]}-{uid_range[1]}")
+        ids.append(value)
+    check_not_an_account(*ids)
+    if name != facts.volume_name(sid, ids[0]):
+        raise validation.ValidationError("volume name", name,
+                                         f"must be {facts.volume_name(sid, ids[0])} for session {sid}, uid {ids[0]}")
+    return VolumeOptions(sid, ids[0], ids[1])
+
+
+def check_not_an_account(uid: int, gid: int) -> None:
+    for lookup, kind, value in ((pwd.getpwuid, "user", uid), (grp.getgrgid, "group", gid)):
+        try:
+            lookup(value)
+        except KeyError:
+            continue
+        raise validation.ValidationError(
+            "sandbox id", value, f"is a host {kind} account; sandbox ids must be unknown to getent"
+        )
+
+
+class VolumeManager:
+    def __init__(self, settings: ValidSettings, *, data_dir: Path, state_dir: Path, s3fs_binary: str | None = None,
+                 mint: Callable[[ValidSettings, SessionId], Credentials] | None = None,
+                 log: Callable[[str], None] = lambda _m: None) -> None:
+        self.settings = settings
+        self.data_dir = data_dir
+        self.state_dir = state_dir
+        self.s3fs_binary = s3fs_binary or hostinfo.s3fs_binary() or "s3fs"
+        self._log = log
+        self._lock = threading.Lock()
+        self._volumes: dict[str, VolumeState] = {}
+        self._ready: dict[str, threading.Event] = {}
+        self._vol_locks: dict[str, threading.Lock] = {}
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # s3fs children of this instance
+        self._sts = creds_mod.sts_client(settings) if settings.scoped_credentials else None
+        self._mint = mint or (lambda s, sid: creds_mod.mint(s, sid, self._sts))
+        self._s3 = _s3_client(settings, settings.credentials)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="volumes")
+        for path in (data_dir, data_dir / "volumes", state_dir):
+            path.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(path, 0o700)  # host users may not even traverse to a workspace
+        self.watcher = s3fs.Watcher(self._on_exit)
+        self.staging_pool: StagingPool | None = None
+
+    def start(self) -> None:
+        """Adopt what a previous instance left, then start making spare staging areas."""
+        self.adopt()
+        in_use = {Path(v.staging) for v in self.list() if v.staging}
+        self.staging_pool = StagingPool(self.data_dir / "staging", self.settings.staging_size,
+                                        keep=in_use, log=self._log)
+
+    # -- paths --------------------------------------------------------------------------------
+    def mountpoint(self, name: str) -> Path:
+        return self.data_dir / "volumes" / name / "workspace"
+
+    @staticmethod
+    def staging(state: VolumeState) -> Staging | None:
+        if not state.staging:
+            return None
+        image = Path(state.staging)
+        return Staging(image, image.with_suffix(""))
+
+    def _log_path(self, name: str) -> Path:
+        return self.state_dir / f"{name}.log"
+
+    def _save(self, state: VolumeState) -> None:
+        path = self.state_dir / f"{state.name}.json"
+        tmp = path.with_suffix(".json.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(state.to_json(), out)
+        os.replace(tmp, path)
+
+    def _lock_for(self, name: str) -> threading.Lock:
+        with self._lock:
+            return self._vol_locks.setdefault(name, threading.Lock())
+
+    # -- queries ------------------------------------------------------------------------------
+    def get(self, name: str) -> VolumeState:
+        with self._lock:
+            state = self._volumes.get(name)
+        if state is None:
+            raise VolumeNotFound(f"no volume {name}")
+        return state
+
+    def list(self) -> list[VolumeState]:
+        with self._lock:
+            return sorted(self._volumes.values(), key=lambda v: v.name)
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def create(self, name: str, opts: dict[str, Any] | None) -> None:
+        options = parse_options(name, opts, self.settings.uid_range)
+        with self._lock:
+            existing = self._volumes.get(name)
+            if existing is not None:
+                if (existing.session_id, existing.uid, existing.gid) != (options.session_id, options.uid, options.gid):
+                    raise VolumeError(f"volume {name} exists with other options")
+                return
+            state = VolumeState(name, options.session_id, options.uid, options.gid)
+            self._volumes[name] = state
+            self._ready[name] = threading.Event()
+        self._save(state)
+        threading.Thread(target=self._mount_now, args=(state,), name=f"mount-{name}", daemon=True).start()
+
+    def mount(self, name: str, caller: str) -> Path:
+        state = self.get(name)
+        with self._lock_for(name):
+            if state.status == "unmounted":  # mounted again after an unmount (a restarted container)
+                state.status, state.error = "mounting", ""
+                self._ready[name] = threading.Event()
+                threading.Thread(target=self._mount_now, args=(state,), daemon=True).start()
+            ready = self._ready.get(name)
+        if ready is not None and not ready.wait(MOUNT_TIMEOUT + 30):
+            raise VolumeError(f"volume {name}: the mount did not finish in time")
+        with self._lock_for(name):
+            if state.status != "mounted":
+                raise VolumeError(f"volume {name} cannot be mounted: {state.error or state.status}")
+            if caller not in state.refs:
+                state.refs.append(caller)
+            self._save(state)
+        return self.mountpoint(name)
+
+    def unmount(self, name: str, caller: str) -> None:
+        state = self.get(name)
+        with self._lock_for(name):
+            if caller in state.refs:
+                state.refs.remove(caller)
+            if not state.refs and state.status in ("mounted", "failed"):
+                self._teardown(state)
+                if state.status == "mounted":
+                    state.status = "unmounted"
+            self._save(state)
+
+    def remove(self, name: str) -> None:
+        state = self.get(name)
+        with self._lock_for(name):
+            if state.refs:
+                raise VolumeError(f"volume {name} is in use by {len(state.refs)} container(s)")
+            ready = self._ready.get(name)
+            if ready is not None:
+                ready.wait(MOUNT_TIMEOUT + 30)
+            self._teardown(state)
+            with self._lock:
+                self._volumes.pop(name, None)
+                self._ready.pop(name, None)
+            for path in (self.state_dir / f"{name}.json", self._log_path(name)):
+                path.unlink(missing_ok=True)
+            for path in (self.mountpoint(name), self.mountpoint(name).parent):
+                try:
+                    path.rmdir()
+                except OSError:
+                    pass
+
+    # -- mounting -----------------------------------------------------------------------------
+    def _mount_now(self, state: VolumeState) -> None:
+        started = time.monotonic()
+        name = state.name
+        mountpoint = self.mountpoint(name)
+        proc: subprocess.Popen[bytes] | None = None
+        try:
+            sid = validation.session_id(state.session_id)
+            # In parallel: the credentials, and the prefix's markers (s3fs mounts
+            # BUCKET:/sessions/<id> only when its marker exists; uploads/ and artifacts/ are
+            # the layout user code finds). The staging area comes ready from the pool.
+            prefix = facts.session_prefix(sid)
+            minted = self._pool.submit(self._mint, self.settings, sid)
+            markers = [self._pool.submit(self._put_marker, f"{prefix}/{area}")
+                       for area in ("", *(f"{a}/" for a in facts.AREAS))]
+            if self.staging_pool is None:
+                raise VolumeError("the volume manager was not started")
+            staging = self.staging_pool.take()
+            state.staging = str(staging.image)
+            mountpoint.mkdir(parents=True, exist_ok=True, mode=0o700)
+            credentials = minted.result()
+            for marker in markers:
+                marker.result()
+            mount = s3fs_mount(self.settings, sid, str(mountpoint), uid=state.uid, gid=state.gid,
+                               tmpdir=str(staging.tmpdir), ensure_diskfree_mb=64)
+            proc = s3fs.start(mount, credentials, self._log_path(name), self.s3fs_binary)
+            s3fs.wait_mounted(proc, mountpoint, self._log_path(name), MOUNT_TIMEOUT)
+            self._probe(mountpoint, proc, name)
+            ref = ProcessRef.of(proc.pid)
+            if ref is None:
+                raise MountError(f"s3fs exited right after mounting: {s3fs.log_tail(self._log_path(name))}")
+            with self._lock:
+                self._procs[proc.pid] = proc
+            state.pid, state.start_time = ref.pid, ref.start_time
+            state.status, state.error = "mounted", ""
+            self.watcher.watch(ref)
+            self._log(f"{name}: mounted in {time.monotonic() - started:.3f}s (s3fs pid {proc.pid})")
+        except Exception as exc:  # noqa: BLE001 - every failure ends as a failed volume with its reason
+            reason = str(exc) if isinstance(exc, SandboxHostError) else f"{type(exc).__name__}: {exc}"
+            if proc is not None:
+                s3fs.unmount(mountpoint)
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
+            leftover = self.staging(state)
+            if leftover is not None:
+                leftover.remove()
+            state.staging = ""
+            state.status, state.error = "failed", reason
+            self._log(f"{name}: mount failed: {reason}")
+        finally:
+            self._save(state)
+            ready = self._ready.get(name)
+            if ready is not None:
+                ready.set()
+
+    def _put_marker(self, key: str) -> None:
+        try:
+            self._s3.put_object(Bucket=self.settings.bucket, Key=key, Body=b"")
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            raise VolumeError(f"cannot write the session marker {key} at {self.settings.s3_endpoint}: {exc}") from None
+
+    def _probe(self, mountpoint: Path, proc: subprocess.Popen[bytes], name: str) -> None:
+        """Prove the mount with a real round trip (s3fs checks the store only after the mount
+        appears): write, read back and remove a probe file."""
+        token = secrets.token_hex(8)
+        probe = mountpoint / f".sandbox-probe-{token}"
+        try:
+            probe.write_text(token)
+            if probe.read_text() != token:
+                raise OSError(0, "read back other bytes than written")
+            probe.unlink()
+        except OSError as exc:
+            for _ in range(100):  # s3fs exits when its post-mount check fails: name that cause
+                if proc.poll() is not None:
+                    break
+                time.sleep(0.01)
+            if proc.poll() is not None:
+                raise MountError(f"s3fs exited (status {proc.returncode}) after mounting: "
+                                 f"{s3fs.log_tail(self._log_path(name))}") from None
+            raise MountError(f"the workspace is mounted but not usable ({exc.strerror or exc}): "
+                             f"{s3fs.log_tail(self._log_path(name))}") from None
+
+    def _reap(self, pid: int) -> None:
+        with self._lock:
+            proc = self._procs.get(pid)
+        if proc is not None:
+            proc.poll()
+
+    def _teardown(self, state: VolumeState) -> None:
+        """Unmount and wait for s3fs to exit (it uploads what is pending first); then the staging area."""
+        mountpoint = self.mountpoint(state.name)
+        ref = state.process
+        if ref is not None:
+            self.watcher.forget(ref)
+        s3fs.unmount(mountpoint)
+        if ref is not None and not s3fs.wait_exit(ref, EXIT_TIMEOUT, self._reap):
+            self._log(f"{state.name}: s3fs {ref.pid} still running {EXIT_TIMEOUT:g}s after unmount; killing it")
+            try:
+                os.kill(ref.pid, 9)
+            except ProcessLookupError:
+                pass
+        if ref is not None:
+            with self._lock:
+                proc = self._procs.pop(ref.pid, None)
+            if proc is not None:
+                proc.wait()
+        state.pid = state.start_time = 0
+        staging = self.staging(state)
+        if staging is not None:
+            staging.remove()
+        state.staging = ""
+
+    def _on_exit(self, ref: ProcessRef) -> None:
+        """s3fs ended on its own: the volume (and so its session) has failed."""
+        with self._lock:
+            match = [v for v in self._volumes.values() if v.pid == ref.pid and v.start_time == ref.start_time]
+            proc = self._procs.pop(ref.pid, None)
+        status = proc.wait() if proc is not None else None
+        for state in match:
+            if state.status == "mounted":
+                state.status = "failed"
+                state.error = (f"s3fs exited (status {status}) while mounted: "
+                               f"{s3fs.log_tail(self._log_path(state.name)) or 'no message'}")
+                self._log(f"{state.name}: {state.error}")
+                self._save(state)
+
+    # -- restart ------------------------------------------------------------------------------
+    def adopt(self) -> None:
+        """Take over the volumes a previous instance of the service left: live mounts keep
+        serving; a mount whose s3fs died meanwhile is marked failed."""
+        for path in sorted(self.state_dir.glob("*.json")):
+            try:
+                data = json.loads(path.read_text())
+                state = VolumeState(**data)
+            except (OSError, ValueError, TypeError):
+                self._log(f"ignoring unreadable state file {path}")
+                continue
+            ref = state.process
+            if state.status == "mounted" and not (ref and ref.alive() and is_mounted(self.mountpoint(state.name))):
+                state.status, state.error = "failed", "s3fs ended while the volume service was not running"
+            elif state.status == "mounting":
+                s3fs.unmount(self.mountpoint(state.name))
+                staging = self.staging(state)
+                if staging is not None:
+                    staging.remove()
+                state.staging = ""
+                state.status, state.error = "failed", "the volume service stopped while mounting"
+            with self._lock:
+                self._volumes[state.name] = state
+            if state.status == "mounted" and ref is not None:
+                self.watcher.watch(ref)
+            self._save(state)
+            self._log(f"adopted {state.name} ({state.status})")
+
+
+def _s3_client(settings: ValidSettings, credentials: Credentials) -> Any:
+    return boto3.client(
+        "s3", endpoint_url=settings.s3_endpoint, region_name=settings.region,
+        aws_access_key_id=credentials.access_key, aws_secret_access_key=credentials.secret_key,
+        aws_session_token=credentials.session_token or None,
+        config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=5, read_timeout=30,
+                                      retries={"max_attempts": 2, "mode": "standard"}),
+    )
