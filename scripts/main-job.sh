@@ -15,8 +15,8 @@ cleanup() {
 }
 trap cleanup EXIT
 
-echo "== session $session (host network: the object store listens on this host's loopback)"
-"$cli" session create "$session" --network host --json
+echo "== session $session"
+"$cli" session create "$session" --json
 printf 'city,temperature\noslo,-3\nlisbon,17\n' >"$work/data.csv"
 "$cli" session upload "$session" "$work/data.csv"
 "$cli" session exec "$session" -- python3 -c \
