@@ -53,6 +53,7 @@ LABEL_CONTROL = "io.sandbox-host.control-dir"
 LABEL_BOOT = "io.sandbox-host.boot-dir"
 LABEL_UID = "io.sandbox-host.uid"
 LABEL_VOLUME = "io.sandbox-host.volume"
+LABEL_DRIVER = "io.sandbox-host.volume-driver"
 
 # Exit status of an executor whose workspace died under it: the session ended as failed.
 EXIT_WORKSPACE_LOST = 75

@@ -17,7 +17,7 @@ from docker.types import DriverConfig, LogConfig, Mount
 
 from .. import facts
 from ..config import ValidSettings
-from ..errors import ImageMissing, SessionError, SessionExists, SessionNotFound
+from ..errors import ImageMissing, SandboxHostError, SessionError, SessionExists, SessionNotFound
 from ..executor_client import ExecutorClient, ExecutorError
 from ..hostinfo import docker_client
 from ..mounts import BootFile
@@ -199,6 +199,7 @@ class DockerBackend:
             mounts.append(Mount(facts.BOOT_DIR, str(boot), type="bind"))
         if plan.volume is not None:
             labels[facts.LABEL_VOLUME] = plan.volume.name
+            labels[facts.LABEL_DRIVER] = plan.volume.driver
             mounts.append(Mount(plan.volume.target, plan.volume.name, type="volume", no_copy=True,
                                 driver_config=DriverConfig(plan.volume.driver, plan.volume.options)))
         tmpfs = {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777", **plan.tmpfs}
@@ -295,6 +296,8 @@ class DockerBackend:
         delay, next_liveness_check = 0.002, time.monotonic() + 0.25
         init: ProcessRef | None = None
         last = "the executor did not start"
+        volume = container.labels.get(facts.LABEL_VOLUME)
+        next_volume_check = time.monotonic() + 0.05
         while time.monotonic() < deadline:
             if socket_path.exists():
                 try:
@@ -305,6 +308,12 @@ class DockerBackend:
                     if health.get("ok"):
                         return peer
                     last = f"executor reports: {health.get('detail')}"
+            if volume and time.monotonic() >= next_volume_check:
+                # The volume driver mounts while the container starts: ask it for a failure.
+                failure = _volume_failure(container.labels.get(facts.LABEL_DRIVER, ""), volume)
+                if failure:
+                    raise SessionError(f"the workspace could not be mounted: {failure}")
+                next_volume_check = time.monotonic() + 0.05
             if time.monotonic() >= next_liveness_check:
                 if init is not None:
                     alive = init.alive()
@@ -372,6 +381,16 @@ class DockerBackend:
         code = int(result.get("StatusCode", -1))
         self._remove_session(container)
         return code
+
+
+def _volume_failure(driver: str, volume: str) -> str:
+    from ..volumed.client import call
+
+    try:
+        status = call(driver, "VolumeDriver.Get", {"Name": volume}, timeout=2).get("Volume", {}).get("Status", {})
+    except SandboxHostError as exc:
+        return str(exc)
+    return str(status.get("error", "")) if status.get("status") == "failed" else ""
 
 
 def _write_private(path: Path, item: BootFile) -> None:

@@ -85,6 +85,8 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/VolumeDriver.Get": self._get,
             "/VolumeDriver.List": self._list,
             "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
+            "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
+                                            "Err": ""},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         try:

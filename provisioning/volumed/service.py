@@ -52,7 +52,7 @@ def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None =
     prefix = f"{data}/"
     with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
         targets = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
-    # Deepest first: workspaces (FUSE) before nothing else, staging (loop) mounts too.
+    # Deepest first: workspaces (FUSE) and staging areas (loop), then the shared parent.
     for target in sorted(targets, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)

@@ -2,9 +2,13 @@
 ``BUCKET:/sessions/<id>`` with its own scoped credentials and staging area.
 
 Lifecycle, as Docker drives it through the plugin protocol:
-  Create  -> the mount starts in the background (credentials, marker, staging, s3fs, probe),
-             so that it overlaps the container's creation;
-  Mount   -> waits for it, counts the caller, returns the mount point Docker binds;
+  Create  -> the mount starts in the background (credentials, markers, staging, s3fs, probe);
+  Mount   -> counts the caller and returns the mount point at once, mounted or not yet: the
+             directory lies in a shared mount, so an s3fs mount made there after Docker bound
+             it propagates into the container (a slave). The mount thus overlaps the
+             container's creation and start, and the executor's own start; the executor serves
+             nothing until /workspace is a live FUSE mount, and the launcher asks Get for a
+             failure while it waits;
   Unmount -> when the last caller left: unmount, wait for s3fs to exit (it uploads what is
              pending before it exits), remove the staging area;
   Remove  -> forgets the volume.
@@ -146,7 +150,9 @@ class VolumeManager:
         self.staging_pool: StagingPool | None = None
 
     def start(self) -> None:
-        """Adopt what a previous instance left, then start making spare staging areas."""
+        """Share the mount points' parent, adopt what a previous instance left, then start
+        making spare staging areas."""
+        share(self.data_dir / "volumes")
         self.adopt()
         in_use = {Path(v.staging) for v in self.list() if v.staging}
         self.staging_pool = StagingPool(self.data_dir / "staging", self.settings.staging_size,
@@ -202,6 +208,7 @@ class VolumeManager:
             state = VolumeState(name, options.session_id, options.uid, options.gid)
             self._volumes[name] = state
             self._ready[name] = threading.Event()
+        self._prepare_mountpoint(state)
         self._save(state)
         threading.Thread(target=self._mount_now, args=(state,), name=f"mount-{name}", daemon=True).start()
 
@@ -209,22 +216,34 @@ class VolumeManager:
         state = self.get(name)
         with self._lock_for(name):
             if state.status == "unmounted":  # mounted again after an unmount (a restarted container)
+                self._prepare_mountpoint(state)
                 state.status, state.error = "mounting", ""
                 self._ready[name] = threading.Event()
                 threading.Thread(target=self._mount_now, args=(state,), daemon=True).start()
-            ready = self._ready.get(name)
-        if ready is not None and not ready.wait(MOUNT_TIMEOUT + 30):
-            raise VolumeError(f"volume {name}: the mount did not finish in time")
-        with self._lock_for(name):
-            if state.status != "mounted":
-                raise VolumeError(f"volume {name} cannot be mounted: {state.error or state.status}")
+            if state.status == "failed":
+                raise VolumeError(f"volume {name} cannot be mounted: {state.error}")
             if caller not in state.refs:
                 state.refs.append(caller)
             self._save(state)
         return self.mountpoint(name)
 
+    def wait(self, name: str, timeout: float = MOUNT_TIMEOUT + 30) -> VolumeState:
+        """The volume once its mount finished (or failed)."""
+        ready = self._ready.get(name)
+        if ready is not None:
+            ready.wait(timeout)
+        return self.get(name)
+
+    def _prepare_mountpoint(self, state: VolumeState) -> None:
+        """Owned by the session's uid: the container may see it before s3fs mounts over it."""
+        mountpoint = self.mountpoint(state.name)
+        mountpoint.mkdir(parents=True, exist_ok=True, mode=0o700)
+        os.chown(mountpoint, state.uid, state.gid)
+
     def unmount(self, name: str, caller: str) -> None:
         state = self.get(name)
+        if not [ref for ref in state.refs if ref != caller]:
+            self.wait(name)  # a mount still in progress finishes before it is torn down
         with self._lock_for(name):
             if caller in state.refs:
                 state.refs.remove(caller)
@@ -273,7 +292,6 @@ class VolumeManager:
                 raise VolumeError("the volume manager was not started")
             staging = self.staging_pool.take()
             state.staging = str(staging.image)
-            mountpoint.mkdir(parents=True, exist_ok=True, mode=0o700)
             credentials = minted.result()
             for marker in markers:
                 marker.result()
@@ -410,6 +428,20 @@ class VolumeManager:
                 self.watcher.watch(ref)
             self._save(state)
             self._log(f"adopted {state.name} ({state.status})")
+
+
+def share(path: Path) -> None:
+    """Make ``path`` a shared mount (a bind onto itself where it is not a mount point yet), so
+    that a mount made below it later reaches the containers that bound a directory there. The
+    host's / may be private (no systemd), so this is never left to chance."""
+    target = str(path)
+    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
+        entries = [line.split() for line in mounts if line.split()[4] == target]
+    if not entries:
+        subprocess.run(["mount", "--bind", target, target], check=True, capture_output=True)
+    elif any(field.startswith("shared:") for field in entries[-1][6:entries[-1].index("-")]):
+        return
+    subprocess.run(["mount", "--make-shared", target], check=True, capture_output=True)
 
 
 def _s3_client(settings: ValidSettings, credentials: Credentials) -> Any:
