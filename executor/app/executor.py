@@ -151,10 +151,15 @@ class Runner:
                 _kill_group(proc, signal.SIGKILL)
 
 
+_PRE_EXEC: list[object] = []  # guard.child_setup once the guard is on (it needs ctypes)
+
+
 def _prepare_user_process() -> None:
     """In the child, before exec: the signal mask the executor's threads run with is not user
     code's, and the OOM killer should pick user code first."""
     signal.pthread_sigmask(signal.SIG_SETMASK, set())
+    for setup in _PRE_EXEC:
+        setup()  # type: ignore[operator]
     try:
         with open("/proc/self/oom_score_adj", "w") as handle:
             handle.write(USER_OOM_SCORE_ADJ)
@@ -543,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
         except guard.GuardError as exc:
             print(f"executor: {exc}", file=sys.stderr)
             return 4
+        _PRE_EXEC.append(guard.child_setup)
     if options.gated and not wait_for_go(sys.stdin.buffer):
         print("executor: no go-ahead from the entrypoint; not serving", file=sys.stderr)
         return 3

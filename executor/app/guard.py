@@ -119,3 +119,9 @@ def apply() -> None:
     if libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.byref(prog), 0, 0) != 0:
         err = ctypes.get_errno()
         raise GuardError(f"cannot install the syscall filter: {os.strerror(err)}")
+
+
+def child_setup() -> None:
+    """In a child about to exec user code: dumpable again, so that its own /proc files belong to
+    it (the executor's are root's) and it can raise its oom_score_adj. exec would reset it anyway."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)

@@ -281,3 +281,51 @@ def s3fs_environment(settings: Settings, sid: str) -> dict[str, str]:
     assert len(pids) == 1, pids
     raw = Path(f"/proc/{pids[0]}/environ").read_bytes().split(b"\0")
     return dict(item.decode().split("=", 1) for item in raw if b"=" in item)
+
+
+def test_bad_requests_leave_no_trace_and_user_code_goes_first_to_the_oom_killer(
+        manager: SessionManager, docker_engine: docker.DockerClient) -> None:
+    """A thousand malformed requests on the control socket (from the host, the only peer the
+    executor answers) grow the container's log by nothing; user processes carry oom_score_adj
+    1000, so under memory pressure the kernel ends them before the executor (or s3fs)."""
+    import socket as socket_mod
+
+    sid = session_id()
+    info = manager.create(sid)
+    container = docker_engine.containers.get(info.container_id)
+    before = len(container.logs())
+    control = Path(container.labels[facts.LABEL_CONTROL])
+    for raw in [b"GARBAGE\r\n\r\n", b"POST /exec HTTP/1.1\r\nContent-Length: 5\r\n\r\n{[[[[", b"\x00" * 300] * 334:
+        with socket_mod.socket(socket_mod.AF_UNIX) as sock:
+            sock.settimeout(5)
+            sock.connect(str(control / facts.SOCKET_NAME))
+            sock.sendall(raw)
+            sock.shutdown(socket_mod.SHUT_WR)
+            while sock.recv(65536):
+                pass
+    assert len(container.logs()) == before
+    assert manager.exec(sid, argv=["cat", "/proc/self/oom_score_adj"]).stdout == b"1000\n"
+    executor_adj = Path(f"/proc/{container.attrs['State']['Pid']}/oom_score_adj").read_text().strip()
+    if settings_mount(container) == "host":  # the executor is the container's init there
+        assert int(executor_adj) < 1000
+
+
+def settings_mount(container: docker.models.containers.Container) -> str:
+    return container.labels.get(facts.LABEL_STRATEGY, "")
+
+
+def test_names_user_code_makes_cannot_drive_the_terminal(manager: SessionManager, settings: Settings) -> None:
+    """`session artifacts` prints names as a terminal may show them: escape sequences made by user
+    code (to clear the screen or forge lines) come out escaped."""
+    from .test_cli_flow import cli
+
+    sid = session_id()
+    manager.create(sid)
+    run(manager, sid, r"""
+        import json
+        open("artifacts/evil\x1b[2J\rforged  0  line", "w").write("x")
+        print(json.dumps(1))
+    """)
+    listed = cli(settings, "session", "artifacts", sid).stdout
+    assert "\x1b" not in listed and "\r" not in listed and listed.count("\n") == 1
+    assert "evil\\x1b[2J\\rforged" in listed

@@ -353,3 +353,80 @@ def test_entrypoint_death_is_seen_quickly(manager: SessionManager, docker_engine
         assert len(inspections) == 1  # Docker gave the PID once; /proc did the watching
     finally:
         container.remove(force=True)
+
+
+def test_any_python_image_serves_a_host_mounted_session(manager: SessionManager, settings: Settings,
+                                                        docker_engine: docker.DockerClient,
+                                                        storage: SessionStorage) -> None:
+    """The host strategy needs nothing of its image but python3: here, the executor image with
+    s3fs (and FUSE) purged."""
+    if settings.mount != "host":
+        pytest.skip("the in-container strategy runs s3fs inside the image")
+    tag = "sandbox-host-test/python-without-s3fs:latest"
+    try:
+        docker_engine.images.get(tag)
+    except docker.errors.ImageNotFound:
+        container = docker_engine.containers.run(settings.image, entrypoint=["sh", "-c",
+                                                 "dpkg --purge s3fs >/dev/null && ! command -v s3fs"],
+                                                 network_mode="none", detach=True)
+        assert container.wait()["StatusCode"] == 0, container.logs()
+        container.commit(*tag.split(":"))
+        container.remove()
+    plain = SessionManager(dataclasses.replace(settings, image=tag), client=docker_engine, storage=storage)
+    sid = session_id()
+    plain.create(sid)
+    assert plain.exec(sid, argv=["sh", "-c", "command -v s3fs || echo none"]).stdout == b"none\n"
+    run_ok(plain, sid, "open('artifacts/plain.txt','w').write('fine')")
+    plain.stop(sid)
+    assert storage.get_bytes(sid, "artifacts", "plain.txt") == b"fine"
+
+
+def test_large_file_beyond_memory_limit(manager: SessionManager, settings: Settings, docker_engine,
+                                        storage: SessionStorage) -> None:
+    """Host strategy: s3fs stages on host disk, outside the session's memory limit, so a 1 GB file
+    written by user code in a 512 MB session lands whole in S3 (sha256)."""
+    if settings.mount != "host":
+        pytest.skip("the in-container strategy stages in the session's own /tmp")
+    import hashlib
+
+    small = SessionManager(dataclasses.replace(settings, memory="512m"), client=docker_engine, storage=storage)
+    sid = session_id()
+    small.create(sid)
+    digest = run_ok(small, sid, """
+        import hashlib, os
+        block = bytes(range(256)) * 4096  # 1 MiB
+        h = hashlib.sha256()
+        with open("artifacts/big.bin", "wb") as f:
+            for i in range(1024):
+                chunk = block[i % 256:] + block[:i % 256]
+                f.write(chunk)
+                h.update(chunk)
+        print(h.hexdigest())
+    """).strip()
+    assert small.stop(sid) == 0
+    body = storage.client.get_object(Bucket=settings.bucket, Key=f"sessions/{sid}/artifacts/big.bin")["Body"]
+    h = hashlib.sha256()
+    for chunk in iter(lambda: body.read(1 << 20), b""):
+        h.update(chunk)
+    storage.client.delete_object(Bucket=settings.bucket, Key=f"sessions/{sid}/artifacts/big.bin")
+    assert h.hexdigest() == digest
+
+
+def test_service_restart_keeps_live_sessions(manager: SessionManager, settings: Settings,
+                                             storage: SessionStorage, volume_service) -> None:
+    """Restarting (or upgrading) the volume service leaves live workspaces mounted: their s3fs
+    processes outlive it and the new instance adopts them, and stops them cleanly later."""
+    if settings.mount != "host":
+        pytest.skip("the in-container strategy uses no volume service")
+    sid = session_id()
+    manager.create(sid)
+    run_ok(manager, sid, "open('artifacts/before.txt','w').write('1')")
+    volume_service.stop()
+    run_ok(manager, sid, "open('artifacts/during.txt','w').write('2')")  # the service is down
+    volume_service.start()
+    assert "adopted" in volume_service.log.read_text()
+    assert manager.health(sid)["ok"] is True
+    run_ok(manager, sid, "open('artifacts/after.txt','w').write('3')")
+    assert manager.stop(sid) == 0
+    assert {o.name for o in storage.list(sid)} == {"before.txt", "during.txt", "after.txt"}
+    assert host_s3fs_pids(settings.bucket, sid) == []
