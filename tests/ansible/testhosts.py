@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import stat
 import subprocess
 import sys
 import time
@@ -87,7 +88,10 @@ def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.c
         cap_drop=["ALL"],
         cap_add=CAPABILITIES,
         security_opt=["seccomp=unconfined", "apparmor=unconfined"],
-        devices=["/dev/fuse:/dev/fuse:rwm"],
+        # /dev/fuse for s3fs; loop devices for the volume service's staging areas (the kernel hands
+        # out the lowest free loop device machine-wide, so the host's own nodes are passed).
+        devices=["/dev/fuse:/dev/fuse:rwm", *loop_devices()],
+        device_cgroup_rules=["b 7:* rmw", "c 10:237 rmw"],
         stop_signal="SIGRTMIN+3",
         labels={"io.sandbox-host.test-host": suite},
     )
@@ -98,6 +102,19 @@ def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.c
             return container
         time.sleep(0.5)
     raise RuntimeError(f"{name}: systemd did not finish booting (state {state!r})")
+
+
+LOOP_DEVICES = 32
+
+
+def loop_devices() -> list[str]:
+    """/dev/loop-control and /dev/loop0..31, made on this host where missing."""
+    for number in range(LOOP_DEVICES):
+        node = Path(f"/dev/loop{number}")
+        if not node.exists():
+            os.mknod(node, 0o660 | stat.S_IFBLK, os.makedev(7, number))
+    return ["/dev/loop-control:/dev/loop-control:rwm",
+            *(f"/dev/loop{n}:/dev/loop{n}:rwm" for n in range(LOOP_DEVICES))]
 
 
 def remove(client: docker.DockerClient, name: str) -> None:
@@ -111,9 +128,22 @@ def remove(client: docker.DockerClient, name: str) -> None:
         pass
 
 
+def runtime_requirements(root: Path) -> list[str]:
+    """The runtime's dependencies and its server extra, as pyproject.toml states them."""
+    import tomllib
+
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    return [*project["dependencies"], *project["optional-dependencies"]["server"], "setuptools>=64", "wheel"]
+
+
 def wheelhouse(root: Path, pip: Path, python_version: str) -> Path:
-    """Wheels of the runtime's dependencies for the test host's Python: the air-gapped install path."""
-    target = CACHE / f"wheels-py{python_version}"
+    """Wheels of the runtime's dependencies for the test host's Python: the air-gapped install path.
+    Cached per set of requirements."""
+    import hashlib
+
+    requirements = runtime_requirements(root)
+    key = hashlib.sha256("\n".join(requirements).encode()).hexdigest()[:10]
+    target = CACHE / f"wheels-py{python_version}-{key}"
     stamp = target / ".complete"
     if stamp.exists():
         return target
@@ -123,8 +153,7 @@ def wheelhouse(root: Path, pip: Path, python_version: str) -> Path:
         [str(pip), "download", "-q", "--disable-pip-version-check", "--dest", str(target), "--only-binary=:all:",
          "--python-version", python_version, "--implementation", "cp",
          "--platform", "manylinux_2_28_x86_64", "--platform", "manylinux_2_17_x86_64",
-         "--platform", "manylinux2014_x86_64", "--platform", "any",
-         "docker>=7.0", "boto3>=1.28", "jinja2>=3.1", "moto[server]>=5.0", "setuptools>=64", "wheel"],
+         "--platform", "manylinux2014_x86_64", "--platform", "any", *requirements],
         check=True,
     )
     stamp.write_text("")
@@ -133,9 +162,9 @@ def wheelhouse(root: Path, pip: Path, python_version: str) -> Path:
 
 def wheelhouse_archive(root: Path, pip: Path, python_version: str) -> Path:
     """The wheelhouse as one tar archive (what the sandbox_host role ships to air-gapped hosts)."""
-    archive = CACHE / f"wheels-py{python_version}.tar"
+    wheels = wheelhouse(root, pip, python_version)
+    archive = wheels.parent / f"{wheels.name}.tar"
     if not archive.exists():
-        wheels = wheelhouse(root, pip, python_version)
         names = sorted(p.name for p in wheels.glob("*.whl"))
         subprocess.run(["tar", "-C", str(wheels), "-cf", str(archive) + ".partial", *names], check=True)
         os.rename(str(archive) + ".partial", archive)
