@@ -1,12 +1,15 @@
 """Benchmarks: what a session costs and what /workspace delivers, each next to its baseline in one run.
 
-    .venv/bin/python -m bench.run                 # full run, results in docs/benchmarks/
+    .venv/bin/python -m bench.run                     # full run, results in docs/benchmarks/
     .venv/bin/python -m bench.run --smoke --out DIR   # tiny sizes: proves the benchmarks still work
 
-Sections: launch (session create against `docker run --rm IMAGE true` and against the same
-container without the mount), concurrency (batches created at once), workspace I/O through s3fs
-against boto3 on the same S3 server (with s3fs option variants), and the image's size against
-its base. The S3 server is the embedded endpoint, run as its own process on 127.0.0.1.
+For each S3 server (the embedded endpoint: moto behind our own checks, in its own process; and
+Ceph RGW, a real S3 server) and each mount strategy (host: s3fs on the host through the volume
+driver; in-container: s3fs inside the session), side by side: launch (session create against a
+bare `docker run --rm IMAGE true` of the same image, interleaved round by round), concurrency
+(a batch created at once, next to the same number of bare `docker run` at once), and workspace
+I/O through s3fs against boto3 on the same server. Then the image's size against its base, and
+(full runs) a fresh converge of a Debian 12 test host and its re-run.
 """
 
 from __future__ import annotations
@@ -25,7 +28,9 @@ import textwrap
 import time
 import tomllib
 import uuid
-from dataclasses import replace
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +38,15 @@ import boto3
 import botocore.config
 
 from provisioning.config import Settings
-from provisioning.executor_client import ExecutorClient
 from provisioning.hostinfo import docker_client
 from provisioning.image import ImageBuilder
 from provisioning.launcher import SessionManager
 from provisioning.storage import SessionStorage
+from tests.servers.volumed import VolumeService
 
 ROOT = Path(__file__).resolve().parents[1]
+STRATEGIES = ("host", "in-container")
+BENCH_DRIVER = "sandbox-host-bench"
 
 
 def pct(values: list[float], q: float) -> float:
@@ -52,71 +59,69 @@ def summary(values: list[float]) -> dict[str, float]:
             "min": round(min(values), 4), "n": len(values)}
 
 
-class S3Process:
-    """`sandbox-host s3 serve` in its own process, so the benchmark's client threads do not share its GIL."""
+@dataclass(frozen=True)
+class Store:
+    name: str
+    description: str
+    endpoint: str
+    access_key: str
+    secret_key: str
+    role_arn: str = "arn:aws:iam:::role/sandbox-session"
 
-    def __init__(self, workdir: Path) -> None:
-        self.config = workdir / "s3.toml"
-        self.proc = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "s3", "serve", "--port", "0",
-                                      "--write-config", str(self.config)], stdout=subprocess.PIPE, text=True)
-        assert self.proc.stdout
-        line = self.proc.stdout.readline()
+
+@contextmanager
+def moto_store(work: Path) -> Iterator[Store]:
+    """`sandbox-host s3 serve` in its own process, so the benchmark's client threads do not share its GIL."""
+    config = work / "s3.toml"
+    proc = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "s3", "serve", "--port", "0",
+                             "--write-config", str(config)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout
+        line = proc.stdout.readline()
         if "embedded S3 endpoint" not in line:
             raise RuntimeError(f"embedded S3 endpoint did not start: {line!r}")
-        self.values = tomllib.loads(self.config.read_text())
+        values = tomllib.loads(config.read_text())
+        yield Store("moto", "embedded endpoint (moto behind our SigV4, STS and policy checks), own process",
+                    values["s3_endpoint"], values["access_key"], values["secret_key"])
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(10)
+
+@contextmanager
+def rgw_store(client: Any) -> Iterator[Store]:
+    from tests.servers import rgw
+
+    rgw.build_image(client, log=lambda m: print(f"rgw: {m}", file=sys.stderr))
+    with rgw.RGWServer(client, log=lambda m: print(m, file=sys.stderr)) as server:
+        yield Store("rgw", "Ceph RGW 16 (one monitor, memstore OSD, radosgw), one container",
+                    server.endpoint, server.access_key, server.secret_key, server.role_arn)
 
 
 def bare_docker_run(image: str) -> float:
-    """The baseline: `docker run --rm IMAGE true`, host network like the sessions; seconds."""
+    """The baseline: `docker run --rm IMAGE true` (no network, like the host strategy's sessions); seconds."""
     t = time.perf_counter()
-    subprocess.run(["docker", "run", "--rm", "--network", "host", "--entrypoint", "true", image], check=True)
+    subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image], check=True)
     return time.perf_counter() - t
 
 
 def bench_launch(manager: SessionManager, image: str, runs: int) -> dict[str, Any]:
-    client = manager.client
-    bare, unmounted, session = [], [], []
+    """Session create (until its executor reports a mounted workspace) and a bare `docker run`,
+    in turn, round by round, so that both see the same machine."""
+    bare, session = [], []
     for i in range(runs + 1):  # round 0 warms caches and is dropped
         b = bare_docker_run(image)
-
-        control = Path(tempfile.mkdtemp(prefix="bench-nomount-", dir="/run"))
-        os.chown(control, 1000, 1000)
-        t = time.perf_counter()
-        container = client.containers.run(
-            image, entrypoint=["python3", "/opt/sandbox/executor.py", "--socket", "/run/sandbox-executor/executor.sock",
-                               "--workspace", "/workspace"],
-            user="1000:1000", detach=True, network_mode="host", cap_drop=["ALL"], security_opt=["no-new-privileges"],
-            volumes={str(control): {"bind": "/run/sandbox-executor", "mode": "rw"}})
-        executor = ExecutorClient(control, container.id, 1000)
-        while True:  # ready = the executor answers its health check (it says: not mounted)
-            if (control / "executor.sock").exists():
-                try:
-                    executor.health(timeout=2)
-                    break
-                except Exception:  # noqa: BLE001 - not up yet
-                    pass
-            time.sleep(0.002)
-        u = time.perf_counter() - t
-        container.remove(force=True)
-        shutil.rmtree(control, ignore_errors=True)
-
-        sid = f"launch{i}"
+        sid = f"launch{uuid.uuid4().hex[:8]}"
         t = time.perf_counter()
         manager.create(sid)
         s = time.perf_counter() - t
         manager.stop(sid)
         if i:
             bare.append(b)
-            unmounted.append(u)
             session.append(s)
-    result = {"bare_docker_run": summary(bare), "container_without_mount": summary(unmounted),
-              "session_create": summary(session)}
-    result["ratio_to_bare"] = {q: round(result["session_create"][q] / result["bare_docker_run"][q], 2) for q in ("p50", "p95")}
-    result["mount_cost_p50_s"] = round(result["session_create"]["p50"] - result["container_without_mount"]["p50"], 4)
+    result = {"bare_docker_run": summary(bare), "session_create": summary(session)}
+    result["ratio_to_bare"] = {q: round(result["session_create"][q] / result["bare_docker_run"][q], 2)
+                               for q in ("p50", "p95")}
     return result
 
 
@@ -128,40 +133,35 @@ def bare_docker_batch(image: str, size: int) -> dict[str, Any]:
     return {"wall_s": round(time.perf_counter() - t, 3), "per_run": summary(times)}
 
 
-def bench_concurrency(manager: SessionManager, storage: SessionStorage, batches: list[int]) -> dict[str, Any]:
-    results = {}
-    for size in batches:
-        bare = bare_docker_batch(manager.settings.image, size)
-        ids = [f"conc{size}x{i}" for i in range(size)]
+def bench_concurrency(manager: SessionManager, storage: SessionStorage, size: int) -> dict[str, Any]:
+    ids = [f"conc{uuid.uuid4().hex[:8]}" for _ in range(size)]
 
-        def create(sid: str) -> float:
-            t = time.perf_counter()
-            manager.create(sid)
-            return time.perf_counter() - t
-
+    def create(sid: str) -> float:
         t = time.perf_counter()
-        with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
-            futures = {pool.submit(create, sid): sid for sid in ids}
-            times, failures = [], []
-            for future, sid in futures.items():
-                try:
-                    times.append(future.result())
-                except Exception as exc:  # noqa: BLE001 - counted
-                    failures.append(f"{sid}: {exc}")
-        wall = time.perf_counter() - t
-        isolated = 0
-        for sid in ids:
-            if any(sid in f for f in failures):
-                continue
-            manager.exec(sid, argv=["sh", "-c", f"echo {sid} > artifacts/me.txt"])
-            seen = manager.exec(sid, argv=["sh", "-c", "find /workspace -type f | sort"]).stdout.decode().split()
-            if seen == ["/workspace/artifacts/me.txt"] and storage.get_bytes(sid, "artifacts", "me.txt") == f"{sid}\n".encode():
-                isolated += 1
-        with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
-            list(pool.map(lambda s: manager.stop(s), [s for s in ids if not any(s in f for f in failures)]))
-        results[str(size)] = {"wall_s": round(wall, 3), "per_session": summary(times) if times else None,
-                              "failures": failures, "isolated": isolated, "bare_docker_run": bare}
-    return results
+        manager.create(sid)
+        return time.perf_counter() - t
+
+    t = time.perf_counter()
+    times, failures = [], []
+    with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
+        futures = {pool.submit(create, sid): sid for sid in ids}
+        for future, sid in futures.items():
+            try:
+                times.append(future.result())
+            except Exception as exc:  # noqa: BLE001 - counted
+                failures.append(f"{sid}: {exc}")
+    wall = time.perf_counter() - t
+    started = [sid for sid in ids if not any(sid in f for f in failures)]
+    isolated = 0
+    for sid in started:
+        manager.exec(sid, argv=["sh", "-c", f"echo {sid} > artifacts/me.txt"])
+        seen = manager.exec(sid, argv=["sh", "-c", "find /workspace -type f | sort"]).stdout.decode().split()
+        if seen == ["/workspace/artifacts/me.txt"] and storage.get_bytes(sid, "artifacts", "me.txt") == f"{sid}\n".encode():
+            isolated += 1
+    with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
+        list(pool.map(manager.stop, started))
+    return {"wall_s": round(wall, 3), "per_session": summary(times) if times else None, "failures": failures,
+            "isolated": isolated}
 
 
 IO_SCRIPT = textwrap.dedent("""
@@ -209,7 +209,8 @@ def io_rates(raw: dict[str, float], mb: int, files: int) -> dict[str, float]:
             "small_read_fps": round(files / raw["small_read_s"], 1)}
 
 
-def boto3_io(settings: Settings, mb: int, files: int, reps: int = 1) -> dict[str, float]:
+def boto3_io(settings: Settings, mb: int, files: int, reps: int) -> dict[str, float]:
+    """The same work with boto3 from the host, the store's own client: what the workspace is measured against."""
     s3 = boto3.client("s3", endpoint_url=settings.s3_endpoint, region_name="us-east-1",
                       aws_access_key_id=settings.access_key, aws_secret_access_key=settings.secret_key,
                       config=botocore.config.Config(s3={"addressing_style": "path"}))
@@ -236,7 +237,8 @@ def boto3_io(settings: Settings, mb: int, files: int, reps: int = 1) -> dict[str
         s3.put_object(Bucket=settings.bucket, Key=f"{prefix}small/{i:05d}", Body=data)
     raw["small_create_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix + "small/")
+    keys = [o["Key"] for page in s3.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket,
+                                                                            Prefix=prefix + "small/")
             for o in page.get("Contents", [])]
     raw["small_list_s"] = time.perf_counter() - t
     assert len(keys) == files
@@ -244,32 +246,57 @@ def boto3_io(settings: Settings, mb: int, files: int, reps: int = 1) -> dict[str
     for key in keys:
         s3.get_object(Bucket=settings.bucket, Key=key)["Body"].read()
     raw["small_read_s"] = time.perf_counter() - t
+    for key in keys:
+        s3.delete_object(Bucket=settings.bucket, Key=key)
     return io_rates(raw, mb, files)
 
 
-def bench_io(manager: SessionManager, sizes: list[int], files: int, variants: dict[str, dict[str, object]],
-             reps: int = 1) -> dict[str, Any]:
-    """Sequential write/read: the median of `reps` runs; small files: one run."""
-    results: dict[str, Any] = {}
-    for mb in sizes:
-        row: dict[str, Any] = {"boto3": boto3_io(manager.settings, mb, files, reps)}
-        for number, (name, options) in enumerate(variants.items()):
-            sid = f"io{mb}v{number}"
-            variant = SessionManager(replace(manager.settings, s3fs_options=options, memory="2g", tmp_size="600m"),
-                                     client=manager.client)
-            variant.create(sid)
-            try:
-                result = variant.exec(sid, argv=["python3", "-c", IO_SCRIPT, str(mb), str(files), str(reps)], timeout=1800)
-                if result.exit_code != 0:
-                    raise RuntimeError(f"I/O script failed in {sid}: {result.stderr.decode()[-500:]}")
-                rates = io_rates(json.loads(result.stdout), mb, files)
-            finally:
-                variant.stop(sid)
-            rates["write_vs_boto3"] = round(rates["write_MBps"] / row["boto3"]["write_MBps"], 2)
-            rates["read_vs_boto3"] = round(rates["read_MBps"] / row["boto3"]["read_MBps"], 2)
-            row[f"s3fs:{name}"] = rates
-        results[f"{mb}MB"] = row
-    return results
+def session_io(manager: SessionManager, mb: int, files: int, reps: int, baseline: dict[str, float]) -> dict[str, Any]:
+    sid = f"io{uuid.uuid4().hex[:8]}"
+    # In-container, s3fs stages whole files in the session's /tmp: give it room for the largest.
+    sized = SessionManager(replace(manager.settings, memory="2g", tmp_size=f"{max(100, mb + 64)}m"),
+                           client=manager.backend.client)  # type: ignore[attr-defined]
+    sized.create(sid)
+    try:
+        result = sized.exec(sid, argv=["python3", "-c", IO_SCRIPT, str(mb), str(files), str(reps)], timeout=1800)
+        if result.exit_code != 0:
+            raise RuntimeError(f"I/O script failed in {sid}: {result.stderr.decode()[-500:]}")
+        rates: dict[str, Any] = io_rates(json.loads(result.stdout), mb, files)
+    finally:
+        sized.stop(sid)
+    rates["write_vs_boto3"] = round(rates["write_MBps"] / baseline["write_MBps"], 2)
+    rates["read_vs_boto3"] = round(rates["read_MBps"] / baseline["read_MBps"], 2)
+    return rates
+
+
+def bench_store(store: Store, client: Any, image: str, work: Path, plan: dict[str, Any]) -> dict[str, Any]:
+    print(f"[{store.name}] {store.description}", file=sys.stderr, flush=True)
+    bucket = f"bench-{uuid.uuid4().hex[:10]}"
+    base = Settings(s3_endpoint=store.endpoint, bucket=bucket, access_key=store.access_key,
+                    secret_key=store.secret_key, sts_role_arn=store.role_arn, image=image,
+                    state_dir="/run/sandbox-bench", volume_driver=BENCH_DRIVER)
+    storage = SessionStorage(base.validated())
+    storage.ensure_bucket()
+    result: dict[str, Any] = {"s3_server": store.description, "strategies": {}}
+    service_settings = {"s3_endpoint": store.endpoint, "bucket": bucket, "access_key": store.access_key,
+                        "secret_key": store.secret_key, "sts_role_arn": store.role_arn}
+    with VolumeService(service_settings, work, driver=BENCH_DRIVER):
+        result["boto3"] = {f"{mb}MB": boto3_io(base, mb, plan["files"], plan["reps"]) for mb in plan["sizes"]}
+        result["bare_docker_batch"] = bare_docker_batch(image, plan["batch"])
+        for strategy in STRATEGIES:
+            # The host strategy needs no network; s3fs in the container reaches the loopback store.
+            settings = replace(base, mount=strategy, network="none" if strategy == "host" else "host")
+            manager = SessionManager(settings, client=client, storage=storage)
+            row: dict[str, Any] = {}
+            print(f"[{store.name}/{strategy}] launch ...", file=sys.stderr, flush=True)
+            row["launch"] = bench_launch(manager, image, plan["runs"])
+            print(f"[{store.name}/{strategy}] {plan['batch']} at once ...", file=sys.stderr, flush=True)
+            row["concurrency"] = bench_concurrency(manager, storage, plan["batch"])
+            print(f"[{store.name}/{strategy}] workspace I/O ...", file=sys.stderr, flush=True)
+            row["io"] = {f"{mb}MB": session_io(manager, mb, plan["files"], plan["reps"], result["boto3"][f"{mb}MB"])
+                         for mb in plan["sizes"]}
+            result["strategies"][strategy] = row
+    return result
 
 
 def image_sizes(build: Any) -> dict[str, Any]:
@@ -307,44 +334,48 @@ def machine() -> dict[str, Any]:
 
 
 def write_markdown(results: dict[str, Any], path: Path) -> None:
-    launch = results["launch"]
+    m = results["machine"]
     lines = [f"# Benchmarks ({results['date']})", "",
-             f"Machine: {results['machine']['cores']} cores, {results['machine']['memory_GiB']} GiB, kernel "
-             f"{results['machine']['kernel']}. S3 server: {results['s3_server']}. Mode: {results['mode']}.", "",
-             "## Launch (seconds; create until the executor reports a mounted workspace)", "",
-             "| what | p50 | p95 |", "|---|---|---|"]
-    for key in ("bare_docker_run", "container_without_mount", "session_create"):
-        lines.append(f"| {key.replace('_', ' ')} | {launch[key]['p50']} | {launch[key]['p95']} |")
-    lines += ["", f"Session create / bare `docker run`: p50 {launch['ratio_to_bare']['p50']}x, "
-              f"p95 {launch['ratio_to_bare']['p95']}x; the mount's own cost (p50): {launch['mount_cost_p50_s']} s.", "",
-              "## Concurrency", "",
-              "Each batch of sessions next to the same number of bare `docker run --rm IMAGE true` started at once.", "",
-              "| sessions at once | wall (s) | per-session p50 | per-session p95 | failures | isolated "
-              "| bare docker run: wall (s) | bare per-run p95 |",
-              "|---|---|---|---|---|---|---|---|"]
-    for size, row in results["concurrency"].items():
-        per = row["per_session"] or {"p50": "-", "p95": "-"}
-        bare = row["bare_docker_run"]
-        lines.append(f"| {size} | {row['wall_s']} | {per['p50']} | {per['p95']} | {len(row['failures'])} | {row['isolated']} "
-                     f"| {bare['wall_s']} | {bare['per_run']['p95']} |")
-    largest = results["concurrency"][max(results["concurrency"], key=int)]
-    if largest["per_session"]:
-        lines += ["", f"Largest batch: per-session p95 is {round(largest['per_session']['p95'] / launch['session_create']['p50'], 1)}x "
-                  f"a single launch (p50); the bare `docker run` batch's p95 is "
-                  f"{round(largest['bare_docker_run']['per_run']['p95'] / launch['bare_docker_run']['p50'], 1)}x a single bare run."]
-    lines += ["", "## Workspace I/O (s3fs in the session against boto3 from the host, same S3 server)", "",
-              f"Sequential write and read: the median of {results.get('io_repetitions', 1)} runs each; small files: one run. "
-              "The I/O sessions get a 600 MB `/tmp` (s3fs stages whole files there; see the README on large files).", "",
-              "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 "
-              "| small create files/s | small list s | small read files/s |",
-              "|---|---|---|---|---|---|---|---|---|"]
-    for size, row in results["io"].items():
-        for client_name, r in row.items():
-            lines.append(f"| {size} | {client_name} | {r['write_MBps']} | {r['read_MBps']} | {r.get('write_vs_boto3', '')} | "
-                         f"{r.get('read_vs_boto3', '')} | {r['small_create_fps']} | {r['small_list_s']} | {r['small_read_fps']} |")
+             f"Machine: {m['cores']} cores, {m['memory_GiB']} GiB, kernel {m['kernel']}. Mode: {results['mode']}. "
+             "Strategies: `host` (s3fs on the host through the volume driver, the default) and `in-container` "
+             "(s3fs inside the session). Every figure is measured next to its baseline in the same run.", ""]
+    for store, data in results["stores"].items():
+        lines += [f"## {store}: {data['s3_server']}", "", "### Launch (seconds)", "",
+                  "Library `SessionManager.create` until the executor reports a mounted workspace, against "
+                  "`docker run --rm --network none IMAGE true` of the same image, in turn round by round.", "",
+                  "| strategy | session p50 | session p95 | bare p50 | bare p95 | ratio p50 | ratio p95 |",
+                  "|---|---|---|---|---|---|---|"]
+        for strategy, row in data["strategies"].items():
+            launch = row["launch"]
+            lines.append(f"| {strategy} | {launch['session_create']['p50']} | {launch['session_create']['p95']} "
+                         f"| {launch['bare_docker_run']['p50']} | {launch['bare_docker_run']['p95']} "
+                         f"| {launch['ratio_to_bare']['p50']}x | {launch['ratio_to_bare']['p95']}x |")
+        bare = data["bare_docker_batch"]
+        lines += ["", "### Created at once", "",
+                  "| strategy | sessions | wall (s) | per-session p50 | per-session p95 | failures | isolated |",
+                  "|---|---|---|---|---|---|---|",
+                  f"| bare `docker run` | {bare['per_run']['n']} | {bare['wall_s']} | {bare['per_run']['p50']} "
+                  f"| {bare['per_run']['p95']} | 0 | - |"]
+        for strategy, row in data["strategies"].items():
+            c = row["concurrency"]
+            per = c["per_session"] or {"p50": "-", "p95": "-", "n": 0}
+            lines.append(f"| {strategy} | {per['n'] + len(c['failures'])} | {c['wall_s']} | {per['p50']} | {per['p95']} "
+                         f"| {len(c['failures'])} | {c['isolated']} |")
+        lines += ["", "### Workspace I/O against boto3 on the same server", "",
+                  f"Sequential write and read: the median of {results['io_repetitions']} runs; small files "
+                  f"({results['io_files']} of 4 KB): one run.", "",
+                  "| size | client | write MB/s | read MB/s | write vs boto3 | read vs boto3 | small create/s "
+                  "| small list s | small read/s |", "|---|---|---|---|---|---|---|---|---|"]
+        for size, b in data["boto3"].items():
+            rows = [("boto3", b)] + [(s, r["io"][size]) for s, r in data["strategies"].items()]
+            for name, r in rows:
+                lines.append(f"| {size} | {name} | {r['write_MBps']} | {r['read_MBps']} | {r.get('write_vs_boto3', '')} "
+                             f"| {r.get('read_vs_boto3', '')} | {r['small_create_fps']} | {r['small_list_s']} "
+                             f"| {r['small_read_fps']} |")
+        lines.append("")
     image = results["image"]
-    lines += ["", "## Image", "", f"{image['image']}: {image['image_MB']} MB; its base {image['base']}: "
-              f"{image['base_MB']} MB; the executor adds {image['added_MB']} MB.", ""]
+    lines += ["## Image", "", f"{image['image']}: {image['image_MB']} MB; its base {image['base']}: "
+              f"{image['base_MB']} MB; the executor image adds {image['added_MB']} MB.", ""]
     if "provisioning" in results:
         p = results["provisioning"]
         lines += ["## Provisioning", "", f"{p['host']}: fresh converge of site.yml {p['fresh_converge_s']} s; "
@@ -358,93 +389,100 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
-    launch = results["launch"]
-    keys = ["bare_docker_run", "container_without_mount", "session_create"]
-    axes[0].bar([k.replace("_", "\n") for k in keys], [launch[k]["p50"] for k in keys], label="p50")
-    axes[0].scatter([k.replace("_", "\n") for k in keys], [launch[k]["p95"] for k in keys], color="black", label="p95", zorder=3)
+    stores = list(results["stores"])
+    fig, axes = plt.subplots(1, 3, figsize=(16, 5.2))
+    labels, p50, p95 = [], [], []
+    for store in stores:
+        data = results["stores"][store]
+        first = next(iter(data["strategies"].values()))["launch"]["bare_docker_run"]
+        labels.append(f"{store}\nbare run")
+        p50.append(first["p50"])
+        p95.append(first["p95"])
+        for strategy, row in data["strategies"].items():
+            labels.append(f"{store}\n{strategy}")
+            p50.append(row["launch"]["session_create"]["p50"])
+            p95.append(row["launch"]["session_create"]["p95"])
+    x = list(range(len(labels)))
+    axes[0].bar(x, p50, label="p50", color=["#999999" if "bare" in lab else "#4477aa" for lab in labels])
+    axes[0].scatter(x, p95, color="black", label="p95", zorder=3)
+    axes[0].set_xticks(x, labels, fontsize=7)
     axes[0].set_ylabel("seconds")
-    axes[0].set_title("Launch")
-    axes[0].legend()
-    sizes = list(results["concurrency"])
-    axes[1].plot(sizes, [results["concurrency"][s]["wall_s"] for s in sizes], marker="o", label="batch wall")
-    axes[1].plot(sizes, [(results["concurrency"][s]["per_session"] or {}).get("p95", 0) for s in sizes], marker="s",
-                 label="per-session p95")
-    axes[1].set_xlabel("sessions created at once")
-    axes[1].set_ylabel("seconds")
-    axes[1].set_title("Concurrency")
-    axes[1].legend()
+    axes[0].set_title("Launch (bare docker run in grey)")
+    axes[0].legend(fontsize=8)
+
+    labels, values, colors = [], [], []
+    for store in stores:
+        data = results["stores"][store]
+        labels.append(f"{store}\nbare run")
+        values.append(data["bare_docker_batch"]["per_run"]["p95"])
+        colors.append("#999999")
+        for strategy, row in data["strategies"].items():
+            labels.append(f"{store}\n{strategy}")
+            values.append((row["concurrency"]["per_session"] or {}).get("p95", 0))
+            colors.append("#4477aa")
+    x = list(range(len(labels)))
+    axes[1].bar(x, values, color=colors)
+    axes[1].set_xticks(x, labels, fontsize=7)
+    axes[1].set_ylabel("per-session p95, seconds")
+    batch = next(iter(results["stores"].values()))["bare_docker_batch"]["per_run"]["n"]
+    axes[1].set_title(f"{batch} created at once (bare docker run in grey)")
+
     labels, writes, reads = [], [], []
-    for size, row in results["io"].items():
-        for client_name, r in row.items():
-            labels.append(f"{size}\n{client_name.replace('s3fs:', '')}")
+    for store in stores:
+        data = results["stores"][store]
+        size = list(data["boto3"])[-1]
+        for name, r in [("boto3", data["boto3"][size])] + [(s, row["io"][size]) for s, row in data["strategies"].items()]:
+            labels.append(f"{store}\n{name}")
             writes.append(r["write_MBps"])
             reads.append(r["read_MBps"])
-    x = range(len(labels))
+    x = list(range(len(labels)))
     axes[2].bar([i - 0.2 for i in x], writes, width=0.4, label="write")
     axes[2].bar([i + 0.2 for i in x], reads, width=0.4, label="read")
-    axes[2].set_xticks(list(x), labels, fontsize=7, rotation=30)
+    axes[2].set_xticks(x, labels, fontsize=7)
     axes[2].set_ylabel("MB/s")
-    axes[2].set_title("Sequential I/O")
-    axes[2].legend()
-    fig.suptitle(f"sandbox-host benchmarks, {results['date']}, {results['machine']['cores']} cores, "
-                 f"{results['machine']['memory_GiB']} GiB, {results['s3_server']}", fontsize=9)
+    axes[2].set_title(f"Sequential I/O, {size}")
+    axes[2].legend(fontsize=8)
+    m = results["machine"]
+    fig.suptitle(f"sandbox-host benchmarks, {results['date']}, {m['cores']} cores, {m['memory_GiB']} GiB", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-
-
-VARIANTS_FULL: dict[str, dict[str, object]] = {
-    "defaults": {},
-    "parallel_count=10,multipart_size=32": {"parallel_count": 10, "multipart_size": 32},
-    "max_stat_cache_size=0": {"max_stat_cache_size": 0},
-    "enable_noobj_cache": {"enable_noobj_cache": True},
-}
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, to prove the benchmarks work")
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    parser.add_argument("--stores", default="moto,rgw", help="comma-separated: moto, rgw")
     parser.add_argument("--no-provisioning", action="store_true", help="skip the converge of a fresh test host")
     args = parser.parse_args(argv)
     if args.smoke:
-        runs, batches, sizes, files, variants, reps = 2, [1, 2], [2], 20, {"defaults": {}, "enable_noobj_cache": {"enable_noobj_cache": True}}, 1
+        plan = {"runs": 2, "batch": 2, "sizes": [2], "files": 20, "reps": 1}
     else:
-        runs, batches, sizes, files, variants, reps = 20, [1, 5, 10, 20], [64, 256], 1000, VARIANTS_FULL, 3
+        plan = {"runs": 20, "batch": 20, "sizes": [64, 256], "files": 500, "reps": 3}
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     client = docker_client(timeout=900)
-    build = ImageBuilder(client).build("sandbox-executor:latest")
-    image = build.image
+    build = ImageBuilder(client).build("sandbox-executor:latest", offline=True)
     work = Path(tempfile.mkdtemp(prefix="sandbox-bench-"))
-    server = S3Process(work)
+    results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
+                               "mode": "smoke" if args.smoke else "full", "io_repetitions": plan["reps"],
+                               "io_files": plan["files"], "stores": {}}
     try:
-        cfg = server.values
-        settings = Settings(s3_endpoint=cfg["s3_endpoint"], bucket=cfg["bucket"], access_key=cfg["access_key"],
-                            secret_key=cfg["secret_key"], image=image, network="host", state_dir="/run/sandbox-bench")
-        manager = SessionManager(settings, client=client)
-        storage = SessionStorage(settings.validated())
-        results: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "machine": machine(),
-                                   "s3_server": "embedded endpoint (moto behind a SigV4 check), own process on 127.0.0.1",
-                                   "mode": "smoke" if args.smoke else "full"}
-        print("launch ...", file=sys.stderr, flush=True)
-        results["launch"] = bench_launch(manager, image, runs)
-        print("concurrency ...", file=sys.stderr, flush=True)
-        results["concurrency"] = bench_concurrency(manager, storage, batches)
-        print("workspace I/O ...", file=sys.stderr, flush=True)
-        results["io"] = bench_io(manager, sizes, files, variants, reps)
-        results["io_repetitions"] = reps
+        for name in args.stores.split(","):
+            store_context = moto_store(work) if name == "moto" else rgw_store(client)
+            with store_context as store:
+                results["stores"][name] = bench_store(store, client, build.image, work, plan)
         results["image"] = image_sizes(build)
         if not args.smoke and not args.no_provisioning:
             print("provisioning ...", file=sys.stderr, flush=True)
             results["provisioning"] = bench_provisioning(client, work)
     finally:
-        server.stop()
         shutil.rmtree(work, ignore_errors=True)
     (out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     write_markdown(results, out / "results.md")
     write_plot(results, out / "results.png")
-    print(json.dumps({"launch": results["launch"]["ratio_to_bare"], "out": str(out)}))
+    print(json.dumps({store: {s: r["launch"]["ratio_to_bare"] for s, r in d["strategies"].items()}
+                      for store, d in results["stores"].items()}))
     return 0
 
 

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ctypes
 import errno
 import os
-import platform
 import struct
 
 PR_SET_DUMPABLE = 4
@@ -66,7 +65,7 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
 
 def program(machine: str | None = None) -> bytes:
     """The BPF program for this machine's architecture (seccomp_data: nr at 0, arch at 4, args[0] at 16)."""
-    machine = machine or platform.machine()
+    machine = machine or os.uname().machine
     if machine not in ARCHES:
         raise GuardError(f"no syscall filter for architecture {machine}: refusing to run user code unfiltered")
     column, audit_arch = ARCHES[machine]

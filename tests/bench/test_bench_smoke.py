@@ -20,15 +20,18 @@ def test_benchmarks_smoke(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads((tmp_path / "results.json").read_text())
     assert results["mode"] == "smoke" and results["machine"]["cores"] >= 1
-    launch = results["launch"]
-    for key in ("bare_docker_run", "container_without_mount", "session_create"):
-        assert 0 < launch[key]["p50"] <= launch[key]["p95"] and launch[key]["n"] == 2
-    for size, row in results["concurrency"].items():
-        assert row["failures"] == [] and row["isolated"] == int(size)
-        assert row["bare_docker_run"]["per_run"]["n"] == int(size) and row["bare_docker_run"]["wall_s"] > 0
-    for row in results["io"].values():
-        assert {"boto3", "s3fs:defaults"} <= set(row)
-        assert all(r["write_MBps"] > 0 and r["read_MBps"] > 0 and r["small_read_fps"] > 0 for r in row.values())
+    assert set(results["stores"]) == {"moto", "rgw"}
+    for store in results["stores"].values():
+        assert set(store["strategies"]) == {"host", "in-container"}
+        assert store["bare_docker_batch"]["per_run"]["n"] == 2 and store["bare_docker_batch"]["wall_s"] > 0
+        for row in store["strategies"].values():
+            launch = row["launch"]
+            for key in ("bare_docker_run", "session_create"):
+                assert 0 < launch[key]["p50"] <= launch[key]["p95"] and launch[key]["n"] == 2
+            assert row["concurrency"]["failures"] == [] and row["concurrency"]["isolated"] == 2
+            for rates in row["io"].values():
+                assert rates["write_MBps"] > 0 and rates["read_MBps"] > 0 and rates["small_read_fps"] > 0
+                assert rates["write_vs_boto3"] > 0
     assert results["image"]["image_MB"] >= results["image"]["base_MB"] > 0
     assert (tmp_path / "results.md").read_text().startswith("# Benchmarks")
     assert (tmp_path / "results.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
