@@ -21,6 +21,8 @@ import docker
 import pytest
 
 from .rgw import RGWServer, build_image, compact_json
+from provisioning.credentials import session_policy as runtime_policy
+from provisioning.validation import session_id
 
 pytestmark = pytest.mark.docker
 
@@ -65,22 +67,9 @@ def bucket(admin: Any) -> str:
     return name
 
 
-def session_policy(bucket: str, session_id: str) -> dict[str, Any]:
-    """What a sandbox session may do: the shape the launcher sends with AssumeRole."""
-    prefix = f"sessions/{session_id}"
-    return {
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
-                        "s3:ListMultipartUploadParts"],
-             "Resource": [f"arn:aws:s3:::{bucket}/{prefix}", f"arn:aws:s3:::{bucket}/{prefix}/*"]},
-            {"Effect": "Allow",
-             "Action": ["s3:ListBucket"],
-             "Resource": [f"arn:aws:s3:::{bucket}"],
-             "Condition": {"StringLike": {"s3:prefix": [prefix, f"{prefix}/*"]}}},
-        ],
-    }
+def session_policy(bucket: str, sid: str) -> dict[str, Any]:
+    """What a sandbox session may do: the launcher's own policy."""
+    return runtime_policy(bucket, session_id(sid))
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,9 @@ import botocore.config
 import botocore.exceptions
 import pytest
 
+from provisioning.credentials import policy_json
+from provisioning.credentials import session_policy as runtime_policy
+from provisioning.validation import session_id
 from provisioning.config import Credentials
 from provisioning.s3server import (
     AuthError,
@@ -62,17 +65,7 @@ def error_of(call: Callable[[], object]) -> dict[str, str]:
 
 def session_policy(bucket: str, session: str) -> str:
     """The policy the runtime sends with AssumeRole for one session."""
-    return json.dumps({
-        "Version": "2012-10-17",
-        "Statement": [
-            {"Effect": "Allow",
-             "Action": ["s3:GetObject", "s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload",
-                        "s3:ListMultipartUploadParts"],
-             "Resource": [f"arn:aws:s3:::{bucket}/sessions/{session}", f"arn:aws:s3:::{bucket}/sessions/{session}/*"]},
-            {"Effect": "Allow", "Action": ["s3:ListBucket"], "Resource": [f"arn:aws:s3:::{bucket}"],
-             "Condition": {"StringLike": {"s3:prefix": [f"sessions/{session}", f"sessions/{session}/*"]}}},
-        ],
-    }, separators=(",", ":"))
+    return policy_json(runtime_policy(bucket, session_id(session)))
 
 
 def assume(server: EmbeddedS3Server, root: Credentials, bucket: str, session: str = "A",
