@@ -231,7 +231,7 @@ memstore device bytes = {memstore_bytes}
 osd crush initial weight = 1
 
 [client.rgw.gw]
-rgw frontends = beast endpoint=127.0.0.1:{rgw_port}
+rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
 # The default, 512, is threads a test never uses.
 rgw thread pool size = 64
 rgw s3 auth use sts = true
