@@ -315,7 +315,7 @@ def bench_provisioning(client: Any, work: Path) -> dict[str, Any]:
     testhosts.start(client, "bookworm", name)
     try:
         inventory = work / "hosts.ini"
-        testhosts.write_inventory(inventory, {"bookworm": name}, client)
+        testhosts.write_inventory(inventory, {name: "bookworm"}, client)
         first = run_playbook(inventory, "playbooks/site.yml", timeout=2400)
         if first.returncode != 0:
             raise RuntimeError(f"converge failed: {first.output[-2000:]}")

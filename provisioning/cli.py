@@ -38,6 +38,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "cpus": getattr(args, "cpus", None),
         "pids_limit": getattr(args, "pids_limit", None),
         "volume_driver": getattr(args, "volume_driver", None),
+        "backend": getattr(args, "backend", None),
     }
     if getattr(args, "s3fs_option", None):
         flags["s3fs_options"] = parse_s3fs_option_list(args.s3fs_option)
@@ -167,8 +168,8 @@ def cmd_session_list(args: argparse.Namespace) -> int:
     else:
         for s in sessions:
             detail = f"  ({printable(s.detail)})" if s.detail else ""
-            print(f"{s.session_id:<32} {s.status:<10} {s.container_id[:12]}  {s.mount:<12} {s.network:<7} "
-                  f"s3://{s.bucket}/{s.prefix}{detail}")
+            print(f"{s.session_id:<32} {s.status:<8} {s.node:<16} {s.container_id[:12]}  {s.mount:<12} "
+                  f"{s.network:<7} s3://{s.bucket}/{s.prefix}{detail}")
     return 0
 
 
@@ -190,18 +191,11 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
     settings = Settings(s3_endpoint=server.endpoint, bucket=args.bucket or config_mod.DEFAULT_BUCKET,
                         access_key=credentials.access_key, secret_key=credentials.secret_key)
     if args.write_config:
-        path = Path(args.write_config)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(
-                "# Written by 'sandbox-host s3 serve'; valid while that server runs.\n"
-                f's3_endpoint = "{settings.s3_endpoint}"\n'
-                f'bucket = "{settings.bucket}"\n'
-                f'access_key = "{settings.access_key}"\n'
-                f'secret_key = "{settings.secret_key}"\n'
-            )
-        os.chmod(path, 0o600)
+        config_mod.write_config_file(
+            Path(args.write_config),
+            {"s3_endpoint": settings.s3_endpoint, "bucket": settings.bucket, "access_key": settings.access_key,
+             "secret_key": settings.secret_key},
+            "Written by 'sandbox-host s3 serve'; valid while that server runs.")
     server.start()
     SessionStorage(settings).ensure_bucket()
     print(f"embedded S3 endpoint on {server.endpoint} (bucket {settings.bucket}); "
@@ -217,6 +211,45 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
     while not stopping["flag"]:
         signal.pause()
     server.stop()
+    return 0
+
+
+def _fleet(args: argparse.Namespace) -> Any:
+    from .backends.swarm import SwarmBackend
+
+    settings = _settings(args).validated()
+    return SwarmBackend(settings)
+
+
+def cmd_fleet_nodes(args: argparse.Namespace) -> int:
+    rows = _fleet(args).nodes()
+    if args.json:
+        _print_json(rows)
+    else:
+        for r in rows:
+            sandbox = "sandbox" if r["sandbox"] else "-"
+            print(f"{r['node']:<24} {r['role']:<8} {r['state']:<8} {r['availability']:<7} {sandbox:<8} "
+                  f"{r['sessions']:>4} sessions  {r['address']}")
+    return 0
+
+
+def cmd_fleet_availability(args: argparse.Namespace) -> int:
+    availability = {"drain": "pause", "resume": "active"}[args.fleet_command]
+    _fleet(args).set_availability(args.node, availability)
+    print(f"node {args.node}: {'takes no new sessions, keeps its own' if availability == 'pause' else 'takes sessions'}")
+    return 0
+
+
+def cmd_config_write(args: argparse.Namespace) -> int:
+    """A JSON object of settings on stdin, written as the TOML config file; prints changed or unchanged."""
+    try:
+        values = json.loads(sys.stdin.read())
+    except ValueError as exc:
+        raise ConfigError(f"config write reads a JSON object of settings on stdin: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError("config write reads a JSON object of settings on stdin")
+    changed = config_mod.write_config_file(Path(args.path), values, args.header or "", check=args.check)
+    print("changed" if changed else "unchanged")
     return 0
 
 
@@ -242,7 +275,10 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--image", help="executor image (env SANDBOX_IMAGE)")
     common.add_argument("--state-dir", help="host directory for session control sockets (env SANDBOX_STATE_DIR)")
 
-    parser = argparse.ArgumentParser(prog="sandbox-host", description="Launch FUSE-enabled sandbox sessions.")
+    parser = argparse.ArgumentParser(prog="sandbox-host",
+                                     description="Sandbox sessions whose /workspace is their own S3 prefix.")
+    parser.add_argument("--backend", help="where sessions run: docker (this host, default) or swarm "
+                        "(a fleet, from a manager node) (env SANDBOX_BACKEND)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check that this host is ready")
@@ -312,6 +348,22 @@ def build_parser() -> argparse.ArgumentParser:
     health = session.add_parser("health", parents=[common], help="the executor's health answer")
     health.add_argument("session_id")
     health.set_defaults(func=cmd_session_health)
+
+    cfg = sub.add_parser("config", help="the config file").add_subparsers(dest="config_command", required=True)
+    write = cfg.add_parser("write", help="write settings (a JSON object on stdin) as a TOML config file (0600)")
+    write.add_argument("path")
+    write.add_argument("--header", help="a comment line at the top")
+    write.add_argument("--check", action="store_true", help="only say whether it would change")
+    write.set_defaults(func=cmd_config_write)
+
+    fleet = sub.add_parser("fleet", help="the swarm's nodes").add_subparsers(dest="fleet_command", required=True)
+    nodes = fleet.add_parser("nodes", parents=[common], help="nodes, their state and their sessions")
+    nodes.add_argument("--json", action="store_true")
+    nodes.set_defaults(func=cmd_fleet_nodes)
+    for verb, text in (("drain", "take no new sessions, keep the running ones"), ("resume", "take sessions again")):
+        node_cmd = fleet.add_parser(verb, parents=[common], help=text)
+        node_cmd.add_argument("node")
+        node_cmd.set_defaults(func=cmd_fleet_availability)
 
     volumes = sub.add_parser("volumes", help="the host service").add_subparsers(dest="volumes_command", required=True)
     vserve = volumes.add_parser("serve", parents=[common], help="run the volume driver (mounts workspaces on this host)",

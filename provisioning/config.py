@@ -34,7 +34,7 @@ class Credentials:
 
 
 MOUNT_STRATEGIES = ("host", "in-container")
-BACKENDS = ("docker",)
+BACKENDS = ("docker", "swarm")
 
 
 @dataclass(frozen=True)
@@ -67,6 +67,18 @@ class Settings:
     sts_role_arn: str = "arn:aws:iam:::role/sandbox-session"
     session_lifetime: int = 43200
     s3fs_options: Mapping[str, object] = field(default_factory=dict)
+    # A fleet (backend "swarm"): each node's executor gateway, and the fleet's mutual TLS.
+    gateway_listen: str = ""  # on a node, e.g. "10.0.0.5:7443"; empty: no gateway
+    gateway_port: int = facts.GATEWAY_PORT
+    tls_ca: str = f"{facts.TLS_DIR}/ca.crt"
+    tls_node_cert: str = f"{facts.TLS_DIR}/node.crt"
+    tls_node_key: str = f"{facts.TLS_DIR}/node.key"
+    tls_client_cert: str = f"{facts.TLS_DIR}/control-plane.crt"
+    tls_client_key: str = f"{facts.TLS_DIR}/control-plane.key"
+    placement_timeout: float = 20.0
+    # Swarm reserves each session's whole memory limit (never overcommitted) and this much CPU
+    # (CPU is shared: sessions mostly wait on their users).
+    cpus_reserved: float = 0.25
 
     @property
     def credentials(self) -> Credentials:
@@ -99,6 +111,12 @@ class Settings:
             sts_role_arn=validation.role_arn(self.sts_role_arn),
             session_lifetime=validation.session_lifetime(self.session_lifetime),
             s3fs_options=validation.s3fs_options(dict(self.s3fs_options)),
+            gateway_listen=validation.listen_address(self.gateway_listen),
+            gateway_port=validation.port("gateway port", self.gateway_port),
+            placement_timeout=validation.positive_number("placement timeout", self.placement_timeout),
+            cpus_reserved=validation.positive_number("cpus reserved", self.cpus_reserved),
+            **{name: validation.absolute_path(name.replace("_", " "), getattr(self, name))
+               for name in ("tls_ca", "tls_node_cert", "tls_node_key", "tls_client_cert", "tls_client_key")},
         )
         return ValidSettings(**values)
 
@@ -125,6 +143,7 @@ ENV_NAMES = {
     "SANDBOX_BACKEND": "backend",
     "SANDBOX_VOLUME_DRIVER": "volume_driver",
     "SANDBOX_STS_ROLE_ARN": "sts_role_arn",
+    "SANDBOX_GATEWAY_LISTEN": "gateway_listen",
 }
 _FIELDS = {f.name: f for f in dataclasses.fields(Settings)}
 _SECRET_FIELDS = {"secret_key", "session_token"}
@@ -200,3 +219,37 @@ def load(
         if value is not None:
             values[name] = value
     return Settings(**{k: _coerce(k, v) for k, v in values.items()})
+
+
+def render_config(values: Mapping[str, Any], header: str = "") -> str:
+    """Settings as a config file: every key known, every value of its setting's type, written by a
+    TOML library (a hand-made file breaks on a key with a quote or a table of s3fs options)."""
+    import tomli_w
+
+    checked: dict[str, Any] = {}
+    for name, value in sorted(values.items()):
+        coerced = _coerce(name, value)
+        checked[name] = list(coerced) if isinstance(coerced, tuple) else coerced
+    text = tomli_w.dumps(checked)
+    return (f"# {header}\n" if header else "") + text
+
+
+def write_config_file(path: Path, values: Mapping[str, Any], header: str = "", check: bool = False) -> bool:
+    """Write the config file (0600, atomically) unless it already says exactly this; True when it
+    changed (or, with ``check``, would)."""
+    text = render_config(values, header)
+    try:
+        current = path.read_text()
+    except OSError:
+        current = None
+    if current == text and (path.stat().st_mode & 0o777) == 0o600:
+        return False
+    if check:
+        return True
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    os.replace(tmp, path)
+    return True

@@ -3,6 +3,7 @@ Every decision is by a value or an error's kind, never by an error message's tex
 
 from __future__ import annotations
 
+import shutil
 import stat
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -85,6 +86,9 @@ class Doctor:
             ok = stat.S_ISCHR(path.stat().st_mode)
         except OSError:
             ok = False
+        if ok and not shutil.which("mkfs.ext4"):
+            return Check("loop devices", False, "mkfs.ext4 is missing: the host strategy makes staging areas with it",
+                         "apt-get install e2fsprogs (or run playbooks/runtime.yml)")
         if ok:
             return Check("loop devices", True, "s3fs staging areas (loop-mounted, size-capped) can be made")
         return Check("loop devices", False, f"{path} is missing: the host strategy stages files in loop-mounted images",

@@ -16,6 +16,7 @@ import base64
 import json
 import os
 import socket
+import ssl
 import struct
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ from typing import Any
 
 from . import facts
 from .errors import SandboxHostError
-from .procs import ProcessRef, in_container
+from .procs import ProcessRef, in_container, namespace_init
 
 MAX_RESPONSE = 64 << 20  # two 16 MiB outputs, base64, and the JSON around them
 MAX_HEAD = 16 << 10
@@ -86,59 +87,23 @@ class _Deadline:
         return left
 
 
-class ExecutorClient:
-    def __init__(self, control_dir: Path, container_id: str, executor: ProcessRef | None = None) -> None:
-        self.control_dir = control_dir
-        self.container_id = container_id
-        self.executor = executor  # None while the session starts: any process of its container
+class _JsonClient:
+    """One HTTP/1.1 request per connection, JSON both ways, a total deadline and a size cap:
+    what every way of reaching an executor shares. Subclasses open the connection."""
 
-    @property
-    def socket_path(self) -> Path:
-        return self.control_dir / facts.SOCKET_NAME
+    prefix = ""  # put before every path
 
-    def _check_peer(self, sock: socket.socket) -> ProcessRef:
-        pid, uid, _gid = peer_credentials(sock)
-        peer = ProcessRef.of(pid)
-        if self.executor is not None:
-            ok = peer == self.executor
-        else:
-            ok = peer is not None and in_container(pid, self.container_id)
-        if not ok or peer is None:
-            raise ExecutorError(
-                f"refusing the socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) is not this "
-                f"session's executor (container {self.container_id[:12]})"
-            )
-        return peer
-
-    def connect(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef]:
-        # Through a directory descriptor: keeps the address short whatever the state dir.
-        try:
-            dir_fd = os.open(self.control_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
-        except OSError as exc:
-            raise ExecutorError(f"no control directory {self.control_dir}: {exc.strerror}") from None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
-            sock.settimeout(deadline.remaining())
-            sock.connect(f"/proc/self/fd/{dir_fd}/{facts.SOCKET_NAME}")
-            peer = self._check_peer(sock)
-        except OSError as exc:
-            sock.close()
-            raise ExecutorError(f"executor not answering on {self.socket_path}: {exc.strerror or exc}") from None
-        except BaseException:
-            sock.close()
-            raise
-        finally:
-            os.close(dir_fd)
-        return sock, peer
+    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+        raise NotImplementedError
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
-                timeout: float | None = 30.0) -> tuple[int, dict[str, Any], ProcessRef]:
+                timeout: float | None = 30.0) -> tuple[int, dict[str, Any], ProcessRef | None]:
         """One request, one connection; ``timeout`` bounds the whole call (None: no bound)."""
         deadline = _Deadline(timeout)
         payload = json.dumps(body).encode() if body is not None else b""
-        head = (f"{method} {path} HTTP/1.1\r\nHost: executor\r\nConnection: close\r\n"
+        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: executor\r\nConnection: close\r\n"
                 f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
-        sock, peer = self.connect(deadline)
+        sock, peer = self._open(deadline)
         try:
             sock.sendall(head + payload)
             raw = self._read_all(sock, deadline)
@@ -168,13 +133,9 @@ class ExecutorClient:
             chunks.append(chunk)
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
-        _status, body, _peer = self.request("GET", "/health", timeout=timeout)
+        status, body, _peer = self.request("GET", "/health", timeout=timeout)
+        self._check_route(status, body)
         return body
-
-    def identify(self, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, Any], ProcessRef]:
-        """Health plus the executor process that answered (recorded once the session is ready)."""
-        _status, body, peer = self.request("GET", "/health", timeout=timeout)
-        return body, peer
 
     def exec(self, argv: list[str] | None = None, code: str | None = None, timeout: float = 60.0,
              stdin: bytes = b"") -> ExecResult:
@@ -188,11 +149,111 @@ class ExecutorClient:
         if stdin:
             request["stdin"] = base64.b64encode(stdin).decode()
         status, body, _peer = self.request("POST", "/exec", request, timeout=timeout + EXEC_MARGIN)
+        self._check_route(status, body)
         if status == 503:
             raise WorkspaceUnavailable(str(body.get("error", "workspace unavailable"))[:500])
         if status != 200:
             raise ExecutorError(f"executor refused the request (HTTP {status}): {str(body.get('error'))[:500]}")
         return ExecResult.from_json(body)
+
+    def _check_route(self, status: int, body: dict[str, Any]) -> None:
+        """Answers of whatever stands between the client and the executor (a gateway)."""
+
+
+class ExecutorClient(_JsonClient):
+    """The executor of a session on this host, through its unix socket."""
+
+    def __init__(self, control_dir: Path, container_id: str, executor: ProcessRef | None = None) -> None:
+        self.control_dir = control_dir
+        self.container_id = container_id
+        # None while the session starts: then any process of its container, or (no container id)
+        # the first process of a container.
+        self.executor = executor
+
+    @property
+    def socket_path(self) -> Path:
+        return self.control_dir / facts.SOCKET_NAME
+
+    def _check_peer(self, sock: socket.socket) -> ProcessRef:
+        pid, uid, _gid = peer_credentials(sock)
+        peer = ProcessRef.of(pid)
+        if self.executor is not None:
+            ok = peer == self.executor
+        elif self.container_id:
+            ok = peer is not None and in_container(pid, self.container_id)
+        else:  # a container the caller cannot name: its first process, which user code never is
+            ok = peer is not None and namespace_init(pid)
+        if not ok or peer is None:
+            raise ExecutorError(
+                f"refusing the socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) is not this "
+                f"session's executor (container {self.container_id[:12]})"
+            )
+        return peer
+
+    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+        # Through a directory descriptor: keeps the address short whatever the state dir.
+        try:
+            dir_fd = os.open(self.control_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
+        except OSError as exc:
+            raise ExecutorError(f"no control directory {self.control_dir}: {exc.strerror}") from None
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(deadline.remaining())
+            sock.connect(f"/proc/self/fd/{dir_fd}/{facts.SOCKET_NAME}")
+            peer = self._check_peer(sock)
+        except OSError as exc:
+            sock.close()
+            raise ExecutorError(f"executor not answering on {self.socket_path}: {exc.strerror or exc}") from None
+        except BaseException:
+            sock.close()
+            raise
+        finally:
+            os.close(dir_fd)
+        return sock, peer
+
+    def identify(self, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, Any], ProcessRef]:
+        """Health plus the executor process that answered (recorded once the session is ready)."""
+        _status, body, peer = self.request("GET", "/health", timeout=timeout)
+        assert peer is not None
+        return body, peer
+
+
+class RemoteExecutor(_JsonClient):
+    """The executor of a session on another node, through that node's gateway (mutual TLS:
+    the control plane's client certificate, the node's certificate checked against the fleet's CA
+    and its address)."""
+
+    def __init__(self, address: str, port: int, session_id: str, context: ssl.SSLContext) -> None:
+        self.address = address
+        self.port = port
+        self.context = context
+        self.prefix = f"/v1/sessions/{session_id}"
+
+    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+        try:
+            raw = socket.create_connection((self.address, self.port), timeout=deadline.remaining())
+            sock = self.context.wrap_socket(raw, server_hostname=self.address)
+        except (OSError, ssl.SSLError) as exc:
+            raise ExecutorError(f"node gateway {self.address}:{self.port} not reachable: {exc}") from None
+        return sock, None
+
+    def _check_route(self, status: int, body: dict[str, Any]) -> None:
+        if status in (404, 409, 502) and "kind" in body:
+            error = ExecutorError(f"node {self.address}: {str(body.get('error'))[:500]}")
+            error.kind = str(body["kind"])
+            raise error
+
+
+def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
+    """The control plane's side of the fleet's mutual TLS."""
+    try:
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        context.load_cert_chain(cert, key)
+    except (OSError, ssl.SSLError) as exc:
+        raise ExecutorError(f"cannot load the control plane's TLS files ({ca}, {cert}): {exc}; "
+                            "run playbooks/swarm.yml, which issues them") from None
+    return context
 
 
 def _parse_response(raw: bytes) -> tuple[int, dict[str, Any]]:

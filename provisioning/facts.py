@@ -34,7 +34,12 @@ UID_RANGE = (1_900_000_000, 1_999_999_999)
 # -- the host service (Docker volume plugin) ---------------------------------------------------
 VOLUME_DRIVER = "sandbox-host"  # Docker finds it as /run/docker/plugins/<name>.sock
 PLUGIN_DIR = "/run/docker/plugins"
-VOLUME_PREFIX = "sandbox-ws-"  # Docker volume name: sandbox-ws-<session id>
+VOLUME_PREFIX = "sandbox-ws-"  # Docker volume name: sandbox-ws-<session id>.<uid>
+CONTROL_VOLUME_PREFIX = "sandbox-ctl-"  # swarm: the executor's app and socket, from the node's driver
+CONTROL_MOUNT = "/run/sandbox-control"  # where a control volume is mounted in a swarm session
+GATEWAY_PORT = 7443  # each node's executor gateway (mutual TLS): the control plane's way to a session
+TLS_DIR = "/etc/sandbox-host/tls"
+
 # Per driver name (<dir>/<driver>/), so a second instance (tests) never touches the host's own.
 SERVICE_STATE_DIR = "/run/sandbox-host/volumes"  # live mounts (gone with a reboot, like the mounts)
 SERVICE_DATA_DIR = "/var/lib/sandbox-host/volumes"  # mount points and per-session staging images
@@ -63,6 +68,10 @@ def volume_name(session_id: str, uid: int) -> str:
     """``sandbox-ws-<id>.<uid>``: one per launch (each launch leases its own uid), so a volume
     left by a crashed launch is never mistaken for a new session's."""
     return f"{VOLUME_PREFIX}{session_id}.{uid}"
+
+
+def control_volume_name(session_id: str, uid: int) -> str:
+    return f"{CONTROL_VOLUME_PREFIX}{session_id}.{uid}"
 
 
 def container_name(session_id: str) -> str:

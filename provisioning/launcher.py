@@ -8,11 +8,11 @@ from typing import Any
 import docker
 
 from . import validation
-from .backends import Backend, SessionInfo, SessionSpec
-from .backends.docker import DockerBackend
+from .backends import Backend, SessionInfo, SessionSpec, backend_for
 from .config import Settings
 from .errors import SessionError, SessionExists, SessionNotFound
-from .executor_client import ExecResult, ExecutorClient
+from .backends.base import Executor
+from .executor_client import ExecResult
 from .mounts import MountStrategy, strategy_for
 from .storage import SessionStorage
 
@@ -26,7 +26,7 @@ class SessionManager:
         self.settings = settings.validated()
         self._storage = storage
         self.strategy = strategy or strategy_for(self.settings, lambda: self.storage)
-        self.backend: Backend = backend or DockerBackend(self.settings, client)
+        self.backend: Backend = backend or backend_for(self.settings, client)
         self._bucket_checked = False  # the bucket is checked (and made) once per manager
 
     @property
@@ -62,7 +62,7 @@ class SessionManager:
     def list(self) -> list[SessionInfo]:
         return self.backend.list()
 
-    def executor(self, session_id: str) -> ExecutorClient:
+    def executor(self, session_id: str) -> Executor:
         return self.backend.executor(validation.session_id(session_id))
 
     def exec(self, session_id: str, argv: list[str] | None = None, code: str | None = None,

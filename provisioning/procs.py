@@ -53,3 +53,16 @@ def in_container(pid: int, container_id: str) -> bool:
     except OSError:
         return False
     return container_id in cgroups
+
+
+def namespace_init(pid: int) -> bool:
+    """Whether the process is PID 1 of a PID namespace nested in this one (a container's first
+    process): user code inside that container can never be."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("NSpid:"):
+                ids = line.split()[1:]
+                return len(ids) > 1 and ids[-1] == "1"
+    except OSError:
+        return False
+    return False

@@ -13,3 +13,8 @@ def data_dir(name: str) -> Path:
         if candidate.is_dir():
             return candidate
     raise FileNotFoundError(f"{name}/ not found next to {_HERE}: reinstall sandbox-host")
+
+
+def executor_app_dir() -> Path:
+    """The executor (standard library only), bound or copied read-only into every session."""
+    return data_dir("executor") / "app"

@@ -225,6 +225,7 @@ _INT_OPTS = {
     "singlepart_copy_limit": (0, 5120),
 }
 _FLAG_OPTS = {
+    "streamupload",  # s3fs >= 1.93: parts go up while the file is written
     "enable_noobj_cache",
     "nomultipart",
     "enable_content_md5",
@@ -325,6 +326,33 @@ def session_lifetime(value: int) -> int:
     """Seconds that a session's temporary credentials last: 15 minutes to 7 days (STS's bounds)."""
     if isinstance(value, bool) or not isinstance(value, int) or not 900 <= value <= 604800:
         raise ValidationError("session lifetime", value, "must be whole seconds from 900 to 604800")
+    return value
+
+
+def port(field: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValidationError(field, value, "must be a port number, 1-65535")
+    return value
+
+
+def listen_address(value: str) -> str:
+    """``HOST:PORT`` (an IP address, or [v6]) to listen on, or empty for none."""
+    if value == "":
+        return value
+    host, sep, port_text = value.rpartition(":") if isinstance(value, str) else ("", "", "")
+    try:
+        ipaddress.ip_address(host.strip("[]"))
+        port("listen port", int(port_text))
+    except ValueError:
+        raise ValidationError("listen address", value, "give IP:PORT, e.g. 10.0.0.5:7443") from None
+    if not sep:
+        raise ValidationError("listen address", value, "give IP:PORT, e.g. 10.0.0.5:7443")
+    return value
+
+
+def absolute_path(field: str, value: str) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or "\0" in value:
+        raise ValidationError(field, value, "must be an absolute path")
     return value
 
 

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..config import ValidSettings
-from ..executor_client import ExecutorClient
+from ..executor_client import ExecResult
 from ..mounts import WorkspacePlan
 from ..validation import SessionId
 
@@ -43,6 +43,15 @@ class SessionInfo:
         return asdict(self)
 
 
+class Executor(Protocol):
+    """How a session's executor is reached: a unix socket here, a node's gateway in a fleet."""
+
+    def health(self, timeout: float = ...) -> dict[str, Any]: ...
+
+    def exec(self, argv: list[str] | None = None, code: str | None = None, timeout: float = 60.0,
+             stdin: bytes = b"") -> ExecResult: ...
+
+
 class Backend(Protocol):
     name: str
 
@@ -59,7 +68,7 @@ class Backend(Protocol):
 
     def list(self) -> list[SessionInfo]: ...
 
-    def executor(self, session_id: SessionId) -> ExecutorClient:
+    def executor(self, session_id: SessionId) -> Executor:
         """A client for the session's executor, or SessionError when it is not running."""
 
     def stop(self, session_id: SessionId, timeout: int) -> int:

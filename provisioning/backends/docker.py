@@ -22,17 +22,13 @@ from ..executor_client import ExecutorClient, ExecutorError
 from ..hostinfo import docker_client
 from ..mounts import BootFile
 from ..procs import ProcessRef, in_container
-from ..resources import data_dir
+from ..resources import executor_app_dir
 from ..uids import UidLeases
 from ..validation import SessionId
 from .base import SessionInfo, SessionSpec
 
 ENTRYPOINT_ERROR_MARK = "]: error: "
 PEER_FILE = "executor.peer"  # in the session's root-only boot directory: which process is its executor
-
-
-def executor_app_dir() -> Path:
-    return data_dir("executor") / "app"
 
 
 def _docker_error(exc: docker.errors.APIError) -> str:

@@ -19,6 +19,46 @@ def _log(message: str) -> None:
     print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sandbox-host-volumes: {message}", file=sys.stderr, flush=True)
 
 
+def _docker_remove(name: str) -> None:
+    """Remove an ephemeral volume from this node's engine (it calls the driver's Remove)."""
+    import time
+
+    import docker
+    import docker.errors
+
+    time.sleep(0.5)  # Docker still holds the volume while our Unmount answer travels back
+    try:
+        docker.from_env(timeout=30).api.remove_volume(name, force=True)
+    except (docker.errors.DockerException, OSError) as exc:
+        _log(f"{name}: cannot remove the ephemeral volume from Docker: {exc}")
+
+
+PROBE_VOLUME = "sandbox-host-engine-probe"
+
+
+def announce(driver: str, stop: threading.Event, manager: VolumeManager | None = None, every: float = 15.0) -> None:
+    """Make this node's engine look the driver up, and again after the engine restarts: Docker
+    lists a socket-file (v1) plugin among the node's volume plugins only once it has looked it
+    up, and Swarm places a task that mounts a volume of that driver only on nodes that list it.
+    The lookup is a create the driver refuses (the probe's name is no session's)."""
+    import docker
+    import docker.errors
+
+    while not stop.is_set():
+        try:
+            client = docker.from_env(timeout=10)
+            if driver not in client.info().get("Plugins", {}).get("Volume", []):
+                try:
+                    client.api.create_volume(PROBE_VOLUME, driver=driver)
+                except docker.errors.APIError:
+                    pass  # refused, as meant: the engine knows the driver now
+        except (docker.errors.DockerException, OSError):
+            pass  # no engine (yet): try again
+        if manager is not None:
+            manager.collect_ephemeral()
+        stop.wait(every)
+
+
 def socket_path(driver: str, plugin_dir: str = facts.PLUGIN_DIR) -> Path:
     return Path(plugin_dir) / f"{driver}.sock"
 
@@ -30,11 +70,20 @@ def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Pat
     name keeps its own directories, so a test instance never touches the host's."""
     driver = settings.volume_driver
     manager = VolumeManager(settings, data_dir=data_dir or Path(facts.SERVICE_DATA_DIR) / driver,
-                            state_dir=state_dir or Path(facts.SERVICE_STATE_DIR) / driver, log=_log)
+                            state_dir=state_dir or Path(facts.SERVICE_STATE_DIR) / driver,
+                            docker_remove=_docker_remove, log=_log)
     manager.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_a: stop.set())
+    threading.Thread(target=announce, args=(driver, stop, manager), name="announce", daemon=True).start()
+    if settings.gateway_listen:
+        from .gateway import TLSFiles
+        from .gateway import serve as serve_gateway
+
+        tls = TLSFiles(Path(settings.tls_ca), Path(settings.tls_node_cert), Path(settings.tls_node_key))
+        threading.Thread(target=serve_gateway, args=(manager, settings.gateway_listen, tls, _log, stop),
+                         name="gateway", daemon=True).start()
     serve(manager, socket_path(driver, plugin_dir), _log, stop)
     _log("stopped; mounts left in place for the next start")
     return 0

@@ -25,6 +25,7 @@ import json
 import os
 import pwd
 import secrets
+import shutil
 import subprocess
 import threading
 import time
@@ -45,6 +46,7 @@ from ..s3fsopts import s3fs_mount
 from ..validation import SessionId
 from . import s3fs
 from ..procs import ProcessRef
+from ..resources import executor_app_dir
 from .s3fs import MountError
 from .staging import Staging, StagingPool, is_mounted
 
@@ -72,6 +74,9 @@ class VolumeState:
     pid: int = 0
     start_time: int = 0
     staging: str = ""  # the staging image's path
+    kind: str = "workspace"  # or "control": the executor's app and socket (swarm sessions)
+    executor: str = ""  # control: "pid start_time" of the executor, once sealed
+    ephemeral: bool = False  # removed from Docker once unmounted (a swarm task's volumes)
     created: float = field(default_factory=time.time)
 
     @property
@@ -87,15 +92,17 @@ class VolumeOptions:
     session_id: SessionId
     uid: int
     gid: int
+    ephemeral: bool = False
 
 
 def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, int]) -> VolumeOptions:
     """``session=<id>,uid=<n>,gid=<n>``; the name must be ``sandbox-ws-<id>.<uid>``; the ids must
     lie in the sandbox range and belong to no host account."""
     opts = dict(opts or {})
-    unknown = sorted(set(opts) - {"session", "uid", "gid"})
+    unknown = sorted(set(opts) - {"session", "uid", "gid", "ephemeral"})
     if unknown:
-        raise validation.ValidationError("volume option", ",".join(unknown), "known options: session, uid, gid")
+        raise validation.ValidationError("volume option", ",".join(unknown),
+                                         "known options: session, uid, gid, ephemeral")
     sid = validation.session_id(str(opts.get("session", "")))
     ids = []
     for key in ("uid", "gid"):
@@ -108,10 +115,14 @@ def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, 
                                              f"must lie in the sandbox range {uid_range[0]}-{uid_range[1]}")
         ids.append(value)
     check_not_an_account(*ids)
-    if name != facts.volume_name(sid, ids[0]):
+    allowed = (facts.volume_name(sid, ids[0]), facts.control_volume_name(sid, ids[0]))
+    if name not in allowed:
         raise validation.ValidationError("volume name", name,
-                                         f"must be {facts.volume_name(sid, ids[0])} for session {sid}, uid {ids[0]}")
-    return VolumeOptions(sid, ids[0], ids[1])
+                                         f"must be {' or '.join(allowed)} for session {sid}, uid {ids[0]}")
+    ephemeral = str(opts.get("ephemeral", "false")).lower()
+    if ephemeral not in ("true", "false"):
+        raise validation.ValidationError("volume option ephemeral", opts.get("ephemeral"), "true or false")
+    return VolumeOptions(sid, ids[0], ids[1], ephemeral == "true")
 
 
 def check_not_an_account(uid: int, gid: int) -> None:
@@ -128,11 +139,13 @@ def check_not_an_account(uid: int, gid: int) -> None:
 class VolumeManager:
     def __init__(self, settings: ValidSettings, *, data_dir: Path, state_dir: Path, s3fs_binary: str | None = None,
                  mint: Callable[[ValidSettings, SessionId], Credentials] | None = None,
+                 docker_remove: Callable[[str], None] | None = None,
                  log: Callable[[str], None] = lambda _m: None) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.state_dir = state_dir
         self.s3fs_binary = s3fs_binary or hostinfo.s3fs_binary() or "s3fs"
+        self._docker_remove = docker_remove
         self._log = log
         self._lock = threading.Lock()
         self._volumes: dict[str, VolumeState] = {}
@@ -205,15 +218,29 @@ class VolumeManager:
                 if (existing.session_id, existing.uid, existing.gid) != (options.session_id, options.uid, options.gid):
                     raise VolumeError(f"volume {name} exists with other options")
                 return
-            state = VolumeState(name, options.session_id, options.uid, options.gid)
+            kind = "control" if name.startswith(facts.CONTROL_VOLUME_PREFIX) else "workspace"
+            state = VolumeState(name, options.session_id, options.uid, options.gid, kind=kind,
+                                ephemeral=options.ephemeral)
             self._volumes[name] = state
-            self._ready[name] = threading.Event()
+            if kind == "workspace":
+                self._ready[name] = threading.Event()
+        if state.kind == "control":
+            self._make_control(state)
+            state.status = "mounted"
+            self._save(state)
+            return
         self._prepare_mountpoint(state)
         self._save(state)
         threading.Thread(target=self._mount_now, args=(state,), name=f"mount-{name}", daemon=True).start()
 
     def mount(self, name: str, caller: str) -> Path:
         state = self.get(name)
+        if state.kind == "control":
+            with self._lock_for(name):
+                if caller not in state.refs:
+                    state.refs.append(caller)
+                self._save(state)
+            return self.control_dir(name)
         with self._lock_for(name):
             if state.status == "unmounted":  # mounted again after an unmount (a restarted container)
                 self._prepare_mountpoint(state)
@@ -226,6 +253,70 @@ class VolumeManager:
                 state.refs.append(caller)
             self._save(state)
         return self.mountpoint(name)
+
+    # -- control volumes (swarm sessions) ----------------------------------------------------
+    def control_dir(self, name: str) -> Path:
+        return self.data_dir / "control" / name
+
+    def _make_control(self, state: VolumeState) -> None:
+        """app/: the executor, root's and read-only to the session; sock/: the session's uid may
+        create the socket there until the volume is sealed (before any user code runs)."""
+        root = self.control_dir(state.name)
+        shutil.rmtree(root, ignore_errors=True)
+        (root / "app").mkdir(parents=True, mode=0o755)
+        os.chmod(root.parent, 0o711)
+        os.chmod(root, 0o755)
+        for source in sorted(executor_app_dir().glob("*.py")):
+            target = root / "app" / source.name
+            shutil.copyfile(source, target)
+            os.chmod(target, 0o644)
+        (root / "sock").mkdir(mode=0o700)
+        os.chown(root / "sock", state.uid, state.gid)
+
+    def session_control(self, session_id: str) -> VolumeState:
+        """The live control volume of a session on this node."""
+        found = [v for v in self.list() if v.kind == "control" and v.session_id == session_id and v.refs]
+        if not found:
+            raise VolumeNotFound(f"no session {session_id} runs on this node")
+        return found[-1]
+
+    def seal(self, state: VolumeState, executor: ProcessRef) -> None:
+        """Record which process is the executor and close its socket's directory (root, 0755):
+        from now on nothing in the session can replace or front the socket."""
+        sock = self.control_dir(state.name) / "sock"
+        with self._lock_for(state.name):
+            if state.executor:
+                return
+            os.chown(sock, 0, 0)
+            os.chmod(sock, 0o755)
+            state.executor = executor.dump()
+            self._save(state)
+
+    def wait_released(self, session_id: str, timeout: float) -> bool:
+        """True once no workspace of the session is mounted here (s3fs exited after flushing)."""
+        deadline = time.monotonic() + timeout
+        while any(v.kind == "workspace" and v.session_id == session_id and v.status in ("mounting", "mounted")
+                  for v in self.list()):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def collect_ephemeral(self, after: float = 120.0) -> None:
+        """A swarm task that never ran (its mount failed, the node lost it) leaves volumes no
+        Unmount will ever release: remove unused ephemeral ones after a while (Docker refuses
+        to remove one still in use)."""
+        now = time.time()
+        for state in self.list():
+            if state.ephemeral and not state.refs and state.status != "mounting" and now - state.created > after:
+                self._forget_if_ephemeral(state)
+
+    def _forget_if_ephemeral(self, state: VolumeState) -> None:
+        """A swarm task's volumes stay in Docker's list when the task ends: remove them once
+        nothing uses them (after Unmount returned: Docker calls Remove)."""
+        if not state.ephemeral or state.refs or self._docker_remove is None:
+            return
+        threading.Thread(target=self._docker_remove, args=(state.name,), daemon=True).start()
 
     def wait(self, name: str, timeout: float = MOUNT_TIMEOUT + 30) -> VolumeState:
         """The volume once its mount finished (or failed)."""
@@ -242,6 +333,13 @@ class VolumeManager:
 
     def unmount(self, name: str, caller: str) -> None:
         state = self.get(name)
+        if state.kind == "control":
+            with self._lock_for(name):
+                if caller in state.refs:
+                    state.refs.remove(caller)
+                self._save(state)
+            self._forget_if_ephemeral(state)
+            return
         if not [ref for ref in state.refs if ref != caller]:
             self.wait(name)  # a mount still in progress finishes before it is torn down
         with self._lock_for(name):
@@ -252,6 +350,7 @@ class VolumeManager:
                 if state.status == "mounted":
                     state.status = "unmounted"
             self._save(state)
+        self._forget_if_ephemeral(state)
 
     def remove(self, name: str) -> None:
         state = self.get(name)
@@ -261,7 +360,10 @@ class VolumeManager:
             ready = self._ready.get(name)
             if ready is not None:
                 ready.wait(MOUNT_TIMEOUT + 30)
-            self._teardown(state)
+            if state.kind == "control":
+                shutil.rmtree(self.control_dir(name), ignore_errors=True)
+            else:
+                self._teardown(state)
             with self._lock:
                 self._volumes.pop(name, None)
                 self._ready.pop(name, None)
@@ -413,7 +515,9 @@ class VolumeManager:
                 self._log(f"ignoring unreadable state file {path}")
                 continue
             ref = state.process
-            if state.status == "mounted" and not (ref and ref.alive() and is_mounted(self.mountpoint(state.name))):
+            if state.kind == "control":
+                pass  # a directory: nothing to check
+            elif state.status == "mounted" and not (ref and ref.alive() and is_mounted(self.mountpoint(state.name))):
                 state.status, state.error = "failed", "s3fs ended while the volume service was not running"
             elif state.status == "mounting":
                 s3fs.unmount(self.mountpoint(state.name))

@@ -1,6 +1,8 @@
-"""site.yml on real test hosts (Debian 12 bookworm and 13 trixie, systemd as PID 1), converged
-twice (the second run must change nothing), then verified with testinfra through `docker exec`,
-ending with a session inside each host that mounts its S3 prefix and round-trips a file."""
+"""site.yml on real test hosts (Debian 12 bookworm and 13 trixie, systemd as PID 1), three of them
+forming a Docker Swarm: converged twice (the second run must change nothing) and in check mode,
+verified with testinfra through `docker exec`; each host runs a session of its own, and the fleet
+places sessions across its nodes, survives a drained and a lost node, and refuses what no node
+can take. Traffic stays between the test hosts (the outer engine's bridge) and loopback."""
 
 from __future__ import annotations
 
@@ -9,6 +11,7 @@ import os
 import secrets
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -19,56 +22,67 @@ from provisioning.hostinfo import docker_client
 from . import testhosts
 from .conftest import run_playbook
 
-SUITES = ("bookworm", "trixie")
-HOSTS = {suite: f"sbx-test-{suite}" for suite in SUITES}
+MANAGER = "sbx-test-bookworm"
+HOSTS = {MANAGER: "bookworm", "sbx-test-trixie": "trixie", "sbx-test-bookworm-2": "bookworm"}
+LOST = "sbx-test-bookworm-2"  # the node whose engine the fleet tests stop (last)
 TIMINGS: dict[str, float] = {}
 
 
 @pytest.fixture(scope="module")
 def inventory(tmp_path_factory) -> Path:
     client = docker_client(timeout=900)
-    for suite, name in HOSTS.items():
+    for name, suite in HOSTS.items():
         started = time.monotonic()
         testhosts.build_image(client, suite)
         testhosts.start(client, suite, name)
-        TIMINGS[f"{suite} host image and boot"] = round(time.monotonic() - started, 1)
+        TIMINGS[f"{name} image and boot"] = round(time.monotonic() - started, 1)
     path = tmp_path_factory.mktemp("inventory") / "hosts.ini"
-    testhosts.write_inventory(path, HOSTS, client)
+    testhosts.write_inventory(path, HOSTS, client, swarm_manager=MANAGER)
     yield path
     if not os.environ.get("SANDBOX_KEEP_TEST_HOSTS"):  # keep them for debugging
-        for name in HOSTS.values():
+        for name in HOSTS:
             testhosts.remove(client, name)
     print(f"\ntest-host timings (s): {json.dumps(TIMINGS)}", file=sys.stderr)
 
 
 @pytest.fixture(scope="module")
 def converged(inventory: Path) -> Path:
-    first = run_playbook(inventory, "playbooks/site.yml", timeout=2400)
-    TIMINGS["fresh converge (both hosts in parallel)"] = first.seconds
+    first = run_playbook(inventory, "playbooks/site.yml", timeout=2700)
+    TIMINGS["fresh converge (three hosts in parallel)"] = first.seconds
     assert first.returncode == 0, first.output[-6000:]
     second = run_playbook(inventory, "playbooks/site.yml", timeout=1200)
     TIMINGS["re-run"] = second.seconds
     assert second.returncode == 0, second.output[-6000:]
     recap = second.recap()
-    for name in HOSTS.values():
+    for name in HOSTS:
         assert recap[name]["changed"] == 0, f"{name} not idempotent: {recap[name]}\n{second.output[-6000:]}"
         assert recap[name]["failed"] == 0
     check = run_playbook(inventory, "playbooks/site.yml", "--check", "--diff", timeout=1200)
     assert check.returncode == 0, check.output[-6000:]
-    assert all(check.recap()[name]["changed"] == 0 for name in HOSTS.values()), check.output[-6000:]
+    assert all(check.recap()[name]["changed"] == 0 for name in HOSTS), check.output[-6000:]
+    # The secrets of the fleet never reach a log: no join token, no key in any of the runs.
+    for run in (first, second, check):
+        assert "SWMTKN-" not in run.output and "PRIVATE KEY" not in run.output
     return inventory
 
 
-@pytest.fixture(params=SUITES)
+@pytest.fixture(params=list(HOSTS))
 def host(request, converged):
-    return testinfra.get_host(f"docker://{HOSTS[request.param]}")
+    return testinfra.get_host(f"docker://{request.param}")
+
+
+@pytest.fixture(scope="module")
+def manager(converged):
+    return testinfra.get_host(f"docker://{MANAGER}")
 
 
 def test_packages_and_fuse(host) -> None:
     for package in ("s3fs", "fuse3", "docker.io", "python3-venv", "python3-packaging", "debootstrap"):
         assert host.package(package).is_installed, package
-    version = host.check_output("s3fs --version")
-    assert version.startswith("Amazon Simple Storage Service File System V1.")
+    assert host.check_output("s3fs --version").startswith("Amazon Simple Storage Service File System V1.")
+    # What sessions use mounts a prefix with credentials scoped to it: 1.95 (Debian 13's, or the private runtime).
+    binary = "/opt/sandbox-host/s3fs/bin/s3fs" if host.file("/opt/sandbox-host/s3fs/bin/s3fs").exists else "s3fs"
+    assert "V1.95" in host.check_output(f"{binary} --version")
     assert host.run("test -c /dev/fuse").rc == 0
     assert host.file("/etc/fuse.conf").contains("^user_allow_other$")
 
@@ -76,29 +90,38 @@ def test_packages_and_fuse(host) -> None:
 def test_docker_service_running_and_enabled(host) -> None:
     docker_service = host.service("docker")
     assert docker_service.is_running and docker_service.is_enabled
-    assert json.loads(host.file("/etc/docker/daemon.json").content_string)["iptables"] is False
+    daemon = json.loads(host.file("/etc/docker/daemon.json").content_string)
+    assert daemon["iptables"] is False and daemon["log-opts"] == {"max-size": "10m", "max-file": "3"}
 
 
-def test_object_store_service_healthy(host) -> None:
-    service = host.service("sandbox-host-s3")
+def test_volume_service_running_with_its_gateway(host) -> None:
+    service = host.service("sandbox-host-volumes")
     assert service.is_running and service.is_enabled
-    assert host.socket("tcp://127.0.0.1:9000").is_listening
-    assert host.run("python3 -c \"import urllib.request; "
-                    "print(urllib.request.urlopen('http://127.0.0.1:9000/minio/health/live').status)\"").stdout.strip() == "200"
-    env = host.file("/etc/default/sandbox-host-s3")
+    assert host.socket("unix:///run/docker/plugins/sandbox-host.sock").is_listening
+    assert host.socket("tcp://7443").is_listening
+    for name in ("node.key",):
+        key = host.file(f"/etc/sandbox-host/tls/{name}")
+        assert (key.mode, key.user) == (0o600, "root")
+    assert host.file("/etc/sandbox-host/config.toml").mode == 0o600
+
+
+def test_object_store_serves_the_fleet(manager) -> None:
+    service = manager.service("sandbox-host-s3")
+    assert service.is_running and service.is_enabled
+    env = manager.file("/etc/default/sandbox-host-s3")
     assert (env.mode, env.user, env.group) == (0o640, "root", "sandbox-s3")
-    assert host.user("sandbox-s3").shell == "/usr/sbin/nologin"
+    assert manager.user("sandbox-s3").shell == "/usr/sbin/nologin"
 
 
 def test_doctor_passes_bucket_and_image(host) -> None:
     report = json.loads(host.check_output("sandbox-host doctor --json"))
     checks = {c["name"]: c for c in report["checks"]}
     assert report["ok"] is True, report
-    assert checks["s3 bucket"]["ok"] and checks["executor image"]["ok"]
-    assert "V1." in host.check_output("docker run --rm --network none --entrypoint s3fs sandbox-executor:latest --version")
+    assert checks["s3 bucket"]["ok"] and checks["executor image"]["ok"] and checks["volume driver"]["ok"]
 
 
 def test_session_mounts_its_prefix_and_round_trips(host) -> None:
+    """A session of this host's own engine (the docker backend), host strategy."""
     sid = "th" + secrets.token_hex(4)
     created = json.loads(host.check_output(f"sandbox-host session create {sid} --network host --json"))
     try:
@@ -116,13 +139,110 @@ def test_minio_unit_verifies(converged: Path) -> None:
     """The MinIO backend's unit, rendered by the role, passes systemd-analyze verify on a real systemd
     host. The MinIO binary itself cannot be had here (no registry ships it) and is never faked, so the
     one complaint allowed is that /usr/local/bin/minio is missing."""
-    name = HOSTS["bookworm"]
-    run = run_playbook(converged, "--limit", name, "tests/ansible/render_minio_unit.yml")
+    run = run_playbook(converged, "--limit", MANAGER, "tests/ansible/render_minio_unit.yml")
     assert run.returncode == 0, run.output[-3000:]
-    host = testinfra.get_host(f"docker://{name}")
+    host = testinfra.get_host(f"docker://{MANAGER}")
     verify = host.run("systemd-analyze verify /tmp/minio.service")
     complaints = [line for line in (verify.stdout + verify.stderr).splitlines() if line.strip()]
     assert all("/usr/local/bin/minio" in line for line in complaints), complaints
     unit = host.file("/tmp/minio.service").content_string
     assert "EnvironmentFile=/etc/default/minio" in unit and "User=minio-user" in unit
     assert "ExecStart=/usr/local/bin/minio server $MINIO_OPTS $MINIO_VOLUMES" in unit
+
+
+# -- the fleet ------------------------------------------------------------------------------------
+
+def fleet(manager, *args: str, check: bool = True) -> str:
+    run = manager.run("sandbox-host --backend swarm " + " ".join(args))
+    if check:
+        assert run.rc == 0, f"{args}: {run.stderr}"
+    return run.stdout if check else run.stderr + run.stdout
+
+
+def fleet_sessions(manager) -> dict[str, dict]:
+    return {s["session_id"]: s for s in json.loads(fleet(manager, "session", "list", "--json"))}
+
+
+def test_swarm_formed_and_labelled(manager) -> None:
+    nodes = json.loads(fleet(manager, "fleet", "nodes", "--json"))
+    assert len(nodes) == 3 and all(n["state"] == "ready" and n["sandbox"] for n in nodes), nodes
+    assert [n["role"] for n in nodes].count("manager") == 1
+    key = manager.file("/etc/sandbox-host/tls/control-plane.key")
+    assert (key.mode, key.user) == (0o600, "root")
+
+
+def test_fleet_places_sessions_across_nodes(manager) -> None:
+    ids = [f"f{i:02d}{secrets.token_hex(3)}" for i in range(12)]
+    for sid in ids:
+        created = json.loads(fleet(manager, "session", "create", sid, "--json"))
+        assert created["status"] == "running" and created["node"], created
+    sessions = fleet_sessions(manager)
+    nodes = Counter(sessions[sid]["node"] for sid in ids)
+    assert len(nodes) >= 2, nodes
+    for sid in ids:
+        fleet(manager, "session", "exec", sid, "--", "sh", "-c", f"'echo {sid} > artifacts/me.txt'")
+        seen = fleet(manager, "session", "exec", sid, "--", "sh", "-c", "'find /workspace -type f | sort'").split()
+        assert seen == ["/workspace/artifacts/me.txt"], (sid, seen)
+        assert fleet(manager, "session", "download", sid, "me.txt", "-o", "-") == f"{sid}\n"
+    for sid in ids[:8]:
+        fleet(manager, "session", "stop", sid)
+    assert set(ids[8:]) <= set(fleet_sessions(manager))
+
+
+def test_a_drained_node_keeps_its_sessions_and_takes_no_new_ones(manager) -> None:
+    sessions = fleet_sessions(manager)
+    busy = Counter(s["node"] for s in sessions.values() if s["status"] == "running").most_common(1)[0][0]
+    kept = [sid for sid, s in sessions.items() if s["node"] == busy]
+    fleet(manager, "fleet", "drain", busy)
+    try:
+        new = [f"d{i}{secrets.token_hex(3)}" for i in range(4)]
+        for sid in new:
+            created = json.loads(fleet(manager, "session", "create", sid, "--json"))
+            assert created["node"] != busy, created
+        for sid in kept:
+            assert fleet(manager, "session", "exec", sid, "--", "cat", "artifacts/me.txt") == f"{sid}\n"
+        for sid in new:
+            fleet(manager, "session", "stop", sid)
+    finally:
+        fleet(manager, "fleet", "resume", busy)
+
+
+def test_no_room_fails_clearly_and_leaves_nothing(manager) -> None:
+    sid = "huge" + secrets.token_hex(3)
+    started = time.monotonic()
+    error = fleet(manager, "session", "create", sid, "--memory", "4000g", check=False)
+    assert "no sandbox node could take the session" in error, error
+    assert time.monotonic() - started < 60
+    assert sid not in fleet_sessions(manager)
+
+
+def test_a_lost_node_shows_lost_and_the_others_keep_working(manager) -> None:
+    """The engine of one node stops: its sessions show as lost within 30 s; the others keep
+    working; what was written and closed before is in S3."""
+    sessions = fleet_sessions(manager)
+    on_lost = [sid for sid, s in sessions.items() if s["node"] == LOST]
+    if not on_lost:  # make sure the node has one
+        sid = "l" + secrets.token_hex(4)
+        for _ in range(6):
+            created = json.loads(fleet(manager, "session", "create", sid, "--json"))
+            if created["node"] == LOST:
+                break
+            fleet(manager, "session", "stop", sid)
+        on_lost = [sid]
+        fleet(manager, "session", "exec", sid, "--", "sh", "-c", f"'echo {sid} > artifacts/me.txt'")
+    others = [sid for sid, s in fleet_sessions(manager).items() if s["node"] != LOST and s["status"] == "running"]
+    lost_host = testinfra.get_host(f"docker://{LOST}")
+    lost_host.run("systemctl stop docker.socket docker")
+    try:
+        deadline = time.monotonic() + 30
+        while any(fleet_sessions(manager)[sid]["status"] != "lost" for sid in on_lost):
+            assert time.monotonic() < deadline, fleet_sessions(manager)
+            time.sleep(1)
+        for sid in others:
+            assert fleet(manager, "session", "exec", sid, "--", "cat", "artifacts/me.txt") == f"{sid}\n"
+        for sid in on_lost:
+            assert fleet(manager, "session", "download", sid, "me.txt", "-o", "-") == f"{sid}\n"
+    finally:
+        lost_host.run("systemctl start docker")
+    for sid in others:
+        fleet(manager, "session", "stop", sid)

@@ -183,24 +183,45 @@ def offline_base_tarball(client: docker.DockerClient) -> Path:
     return tarball
 
 
-def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClient) -> None:
-    """An inventory for test hosts {suite: container name}: dev object store, offline installs, docker exec."""
+def address(client: docker.DockerClient, name: str) -> str:
+    """A test host's address on the outer engine's bridge: where the other test hosts reach it."""
+    container = client.containers.get(name)
+    return str(container.attrs["NetworkSettings"]["IPAddress"])
+
+
+def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClient, *,
+                    swarm_manager: str | None = None) -> None:
+    """An inventory for test hosts {container name: suite}: dev object store, offline installs, docker exec.
+
+    With ``swarm_manager``, the hosts form a swarm: that host is its manager and serves the one
+    object store the fleet shares, on its bridge address (the others reach it there); without,
+    each host serves its own on 127.0.0.1."""
     from .conftest import BIN, ROOT
 
     user, password = "test" + secrets.token_hex(4), secrets.token_urlsafe(24)
     lines = ["[sandbox_hosts]"]
-    for suite, name in hosts.items():
+    for name, suite in hosts.items():
         wheels = wheelhouse_archive(ROOT, BIN / "pip", PYTHON[suite])
         lines.append(f"{name} ansible_connection=community.docker.docker ansible_python_interpreter=/usr/bin/python3 "
                      f"ansible_user=root ansible_become=false sandbox_host_wheelhouse_archive={wheels}")
-    lines += ["", "[object_store]", *hosts.values(), "", "[all:vars]",
+    if swarm_manager:
+        store = address(client, swarm_manager)
+        lines += ["", "[swarm_managers]", swarm_manager, "", "[object_store]", swarm_manager]
+        lines += ["", "[object_store:vars]", f"object_store_address={store}"]
+    else:
+        store = "127.0.0.1"
+        lines += ["", "[object_store]", *hosts]
+    lines += ["", "[all:vars]",
               "object_store_backend=dev",
               f"object_store_root_user={user}",
               f"object_store_root_password={password}",
-              "sandbox_host_config=" + json.dumps({"s3_endpoint": "http://127.0.0.1:9000", "bucket": "sandbox-sessions",
+              "sandbox_host_config=" + json.dumps({"s3_endpoint": f"http://{store}:9000", "bucket": "sandbox-sessions",
                                                    "access_key": user, "secret_key": password}),
               # The engine inside a test host: host networking only (sessions there use it).
               "docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
               "executor_image_offline=true",
               f"executor_image_base_tarball={offline_base_tarball(client)}"]
+    if swarm_manager:
+        # The fleet's CA for this run only, next to the inventory (never in the repository).
+        lines.append(f"swarm_ca_dir={path.parent / 'ca'}")
     path.write_text("\n".join(lines) + "\n")
