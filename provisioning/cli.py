@@ -279,6 +279,7 @@ def build_parser() -> argparse.ArgumentParser:
                                      description="Sandbox sessions whose /workspace is their own S3 prefix.")
     parser.add_argument("--backend", help="where sessions run: docker (this host, default) or swarm "
                         "(a fleet, from a manager node) (env SANDBOX_BACKEND)")
+    parser.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     doctor = sub.add_parser("doctor", parents=[common], help="check that this host is ready")
@@ -386,15 +387,45 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata is not free at start-up)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace, values: Any,
+                 option_string: str | None = None) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            print(f"sandbox-host {version('sandbox-host')}")
+        except PackageNotFoundError:
+            print("sandbox-host (not installed: running from a checkout)")
+        parser.exit()
+
+
+def explain(exc: BaseException) -> tuple[str, int]:
+    """One line for what escaped the runtime's own errors: Docker's API, the operating system."""
+    if isinstance(exc, SandboxHostError):
+        return str(exc), exc.exit_code
+    if type(exc).__module__.startswith("docker"):  # docker's exceptions, without importing docker here
+        detail = getattr(exc, "explanation", None) or str(exc)
+        return (f"the Docker engine refused: {detail}; check the engine (sandbox-host doctor) and retry", 1)
+    if isinstance(exc, PermissionError):
+        return f"{exc.strerror}: {exc.filename or ''}; sandbox-host manages sessions as root (sudo)".strip(), 1
+    if isinstance(exc, OSError):
+        where = f": {exc.filename}" if exc.filename else ""
+        return f"{exc.strerror or exc}{where}", 1
+    raise exc
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except SandboxHostError as exc:
-        print(f"sandbox-host: error: {exc}", file=sys.stderr)
-        return exc.exit_code
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for what is known, a traceback for a bug
+        message, code = explain(exc)
+        print(f"sandbox-host: error: {message}", file=sys.stderr)
+        return code
 
 
 if __name__ == "__main__":

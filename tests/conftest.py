@@ -29,6 +29,18 @@ def s3_server(s3_credentials: Credentials) -> Iterator[EmbeddedS3Server]:
         yield server
 
 
+# Tiers, by directory: `-m "not docker"` is the fast tier (no engine, no network, well under 30 s).
+_TIERS = {"integration": ("docker",), "servers": ("docker",), "bench": ("docker",), "ansible": ("docker", "ansible")}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(__file__).parent
+    for item in items:
+        parts = Path(str(item.fspath)).relative_to(root).parts
+        for marker in _TIERS.get(parts[0], ()):
+            item.add_marker(getattr(pytest.mark, marker))
+
+
 @dataclass(frozen=True)
 class Store:
     """An S3 server the session tests run against, and the key sandbox-host uses there."""

@@ -20,7 +20,7 @@ from ..config import ValidSettings
 from ..errors import ImageMissing, SandboxHostError, SessionError, SessionExists, SessionNotFound
 from ..executor_client import ExecutorClient, ExecutorError
 from ..hostinfo import docker_client
-from ..mounts import BootFile
+from ..mounts import BootFile, VolumeSpec
 from ..procs import ProcessRef, in_container
 from ..resources import executor_app_dir
 from ..uids import UidLeases
@@ -109,7 +109,9 @@ class DockerBackend:
 
     def list(self) -> list[SessionInfo]:
         containers = self.client.containers.list(all=True, filters={"label": f"{facts.LABEL_MANAGED}=true"})
-        return sorted((self._info(c) for c in containers), key=lambda s: s.session_id)
+        # A fleet node's engine also runs Swarm's tasks: those are the swarm backend's sessions.
+        own = [c for c in containers if "com.docker.swarm.task.id" not in c.labels]
+        return sorted((self._info(c) for c in own), key=lambda s: s.session_id)
 
     def executor(self, session_id: SessionId) -> ExecutorClient:
         container = self._get(session_id)
@@ -165,12 +167,13 @@ class DockerBackend:
                 "start it: systemctl start sandbox-host-volumes (or /etc/init.d/sandbox-host-volumes start)"
             )
 
-    def _remove_volume(self, name: str) -> None:
-        """By name, with no lookup first: Docker resolves a name it does not know by asking every
-        volume driver it ever met, and a driver gone since (a stopped test instance) makes that
-        wait for a minute."""
+    def _remove_volume(self, name: str, driver: str) -> None:
+        """Looked up with its driver named: Docker resolves a name it does not know by asking every
+        volume driver it ever met, and one gone since (a stopped service) makes that wait a minute."""
         try:
-            self.client.api.remove_volume(name, force=True)
+            found = self.client.api.volumes(filters={"driver": driver, "name": name}).get("Volumes") or []
+            if any(v["Name"] == name for v in found):
+                self.client.api.remove_volume(name, force=True)
         except docker.errors.NotFound:
             pass
         except docker.errors.APIError:
@@ -249,7 +252,7 @@ class DockerBackend:
             # reserves the name and finds the image before it creates volumes.
             if isinstance(exc, SessionExists | ImageMissing):
                 volume_made = False
-            self._discard(container, control, boot, plan.volume.name if plan.volume and volume_made else None)
+            self._discard(container, control, boot, plan.volume if plan.volume and volume_made else None)
             if reason:
                 raise SessionError(f"session {sid} failed to start: {reason}") from None
             raise
@@ -341,14 +344,14 @@ class DockerBackend:
         tail = [line for line in logs.splitlines() if line.strip()][-3:]
         return " | ".join(tail) or str(exc) or "the entrypoint printed nothing"
 
-    def _discard(self, container: Container | None, control: Path, boot: Path, volume: str | None) -> None:
+    def _discard(self, container: Container | None, control: Path, boot: Path, volume: VolumeSpec | None) -> None:
         if container is not None:
             try:
                 container.remove(force=True)
             except docker.errors.NotFound:
                 pass
         if volume is not None:
-            self._remove_volume(volume)  # this launch's own (named by its uid), whether or not Docker made it
+            self._remove_volume(volume.name, volume.driver)  # this launch's own (named by its uid)
         for path in (control, boot):
             shutil.rmtree(path, ignore_errors=True)
 
@@ -359,7 +362,7 @@ class DockerBackend:
         except docker.errors.NotFound:
             pass
         if labels.get(facts.LABEL_VOLUME):
-            self._remove_volume(labels[facts.LABEL_VOLUME])
+            self._remove_volume(labels[facts.LABEL_VOLUME], labels.get(facts.LABEL_DRIVER, self.settings.volume_driver))
         for label in (facts.LABEL_CONTROL, facts.LABEL_BOOT):
             if labels.get(label):
                 shutil.rmtree(labels[label], ignore_errors=True)

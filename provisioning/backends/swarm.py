@@ -226,7 +226,7 @@ class SwarmBackend:
         return SessionInfo(
             session_id=sid, container_id=service.id, container_name=service.name, status=status,
             image=service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
-            network="none", bucket=labels.get(facts.LABEL_BUCKET, ""), prefix=f"{facts.session_prefix(sid)}/",
+            network="default", bucket=labels.get(facts.LABEL_BUCKET, ""), prefix=f"{facts.session_prefix(sid)}/",
             mount=labels.get(facts.LABEL_STRATEGY, ""), uid=int(labels.get(facts.LABEL_UID, "0") or 0),
             node=node_name, detail=detail, launch_seconds=launch_seconds,
         )

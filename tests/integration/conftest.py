@@ -74,13 +74,14 @@ def manager(settings: Settings, docker_engine: docker.DockerClient, storage) -> 
     mgr = SessionManager(settings, client=docker_engine)
     yield mgr
     for container in containers_for(docker_engine, settings.bucket):
-        volume = container.labels.get(facts.LABEL_VOLUME)
         container.remove(force=True)
-        if volume:
-            try:
-                docker_engine.api.remove_volume(volume, force=True)
-            except docker.errors.APIError:
-                pass
+    # Named with their driver: a lookup by name alone asks every driver Docker ever met (see
+    # DockerBackend._remove_volume).
+    for volume in docker_engine.api.volumes(filters={"driver": settings.volume_driver}).get("Volumes") or []:
+        try:
+            docker_engine.api.remove_volume(volume["Name"], force=True)
+        except docker.errors.APIError:
+            pass
 
 
 def state_dirs(settings: Settings) -> dict[str, list[Path]]:

@@ -186,29 +186,33 @@ def test_gated_executor_serves_only_after_go(tmp_path: Path, said: bytes, serves
     (b"GET /health HTTP/1.1\r\n" + b"X-A: b\r\n" * 100 + b"\r\n", 431, "more than 64 headers"),
     (b"GET /health HTTP/1.1\r\nX-A: " + b"b" * 9000 + b"\r\n\r\n", 431, "too long"),
 ])
-def test_http_subset_rejects_what_it_does_not_speak(tmp_path: Path, raw: bytes, status: int, error: str) -> None:
+def test_http_subset_rejects_what_it_does_not_speak(served: Path, raw: bytes, status: int, error: str) -> None:
     """The executor parses HTTP itself: every malformed or unsupported request gets a clear status."""
     import json
     import socket
 
-    sock_path = tmp_path / "executor.sock"
-    proc = start_executor(tmp_path, tmp_path)
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(10)
-            sock.connect(str(sock_path))
-            sock.sendall(raw)
-            sock.shutdown(socket.SHUT_WR)
-            answer = b""
-            while chunk := sock.recv(65536):
-                answer += chunk
-        head, _, body = answer.partition(b"\r\n\r\n")
-        assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode()
-        assert b"Connection: close" in head and f"Content-Length: {len(body)}".encode() in head
-        assert error in json.loads(body)["error"]
-    finally:
-        proc.terminate()
-        assert proc.wait(10) == 0
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(10)
+        sock.connect(str(served / "executor.sock"))
+        sock.sendall(raw)
+        sock.shutdown(socket.SHUT_WR)
+        answer = b""
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.split(b"\r\n")[0].split(b" ")[1] == str(status).encode()
+    assert b"Connection: close" in head and f"Content-Length: {len(body)}".encode() in head
+    assert error in json.loads(body)["error"]
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """One executor for every request of the HTTP tests: each is a connection of its own."""
+    path = tmp_path_factory.mktemp("served")
+    proc = start_executor(path, path)
+    yield path
+    proc.terminate()
+    assert proc.wait(10) == 0
 
 
 def test_executor_arguments_are_checked() -> None:

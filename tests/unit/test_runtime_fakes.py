@@ -1,0 +1,299 @@
+"""The runtime's pieces against fakes of Docker and S3 (moto in-process, no network): the fast
+tier's proof of the launcher, storage, credentials, mount strategies, uids, doctor, image,
+volume driver and swarm spec, without an engine."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+import threading
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from provisioning import facts
+from provisioning.backends.base import SessionInfo, SessionSpec
+from provisioning.config import Settings
+from provisioning.credentials import mint, session_policy
+from provisioning.doctor import Doctor
+from provisioning.errors import SessionError, SessionExists
+from provisioning.image import ImageBuilder, context_digest
+from provisioning.launcher import SessionManager
+from provisioning.mounts import HostMount, InContainerMount
+from provisioning.storage import SessionStorage
+from provisioning.uids import UidLeases
+from provisioning.validation import ValidationError, session_id
+from provisioning.volumed import volumes
+from provisioning.volumed.plugin import PluginServer
+
+SETTINGS = Settings(s3_endpoint="http://127.0.0.1:9", bucket="fake-bucket", access_key="AKIAFAKE",
+                    secret_key="fake-secret", state_dir="/run/sandbox-host-unit")
+
+
+@pytest.fixture
+def s3() -> Any:
+    with mock_aws():
+        yield boto3.client("s3", region_name="us-east-1")
+
+
+def test_storage_layout_and_names(s3: Any) -> None:
+    storage = SessionStorage(SETTINGS.validated(), client=s3)
+    assert storage.ensure_bucket() is True and storage.ensure_bucket() is False
+    sid = session_id("abc")
+    storage.ensure_root(sid)
+    storage.ensure_areas(sid)
+    storage.put_bytes(sid, "artifacts", "dir/out.txt", b"x")
+    assert [o.name for o in storage.list(sid)] == ["dir/out.txt"]
+    assert storage.get_bytes(sid, "artifacts", "dir/out.txt") == b"x"
+    keys = sorted(o["Key"] for o in s3.list_objects_v2(Bucket="fake-bucket")["Contents"])
+    assert keys == ["sessions/abc/", "sessions/abc/artifacts/", "sessions/abc/artifacts/dir/out.txt",
+                    "sessions/abc/uploads/"]
+    for bad in ("../x", "/abs", "a//b", "", "a/./b"):
+        with pytest.raises(ValidationError):
+            storage.put_bytes(sid, "artifacts", bad, b"x")
+    with pytest.raises(ValidationError, match="area"):
+        storage.put_bytes(sid, "elsewhere", "x", b"x")
+    with pytest.raises(Exception) as err:
+        storage.get_bytes(sid, "artifacts", "nope")
+    assert getattr(err.value, "kind", "") == "not-found"
+
+
+def test_credentials_are_minted_for_the_prefix_only() -> None:
+    calls: list[dict[str, Any]] = []
+
+    class FakeSTS:
+        def assume_role(self, **kwargs: Any) -> dict[str, Any]:
+            calls.append(kwargs)
+            return {"Credentials": {"AccessKeyId": "ASIA1", "SecretAccessKey": "s", "SessionToken": "t"}}
+
+    settings = SETTINGS.validated()
+    creds = mint(settings, session_id("abc"), FakeSTS())
+    assert (creds.access_key, creds.session_token) == ("ASIA1", "t")
+    policy = json.loads(calls[0]["Policy"])
+    assert " " not in calls[0]["Policy"] and calls[0]["DurationSeconds"] == 43200
+    assert policy == session_policy("fake-bucket", session_id("abc"))
+    listing = policy["Statement"][1]["Condition"]["StringLike"]["s3:prefix"]
+    assert listing == ["sessions/abc/", "sessions/abc/*"]  # never the bare prefix: sessions/abcd/ would show
+    unscoped = mint(dataclasses.replace(SETTINGS, scoped_credentials=False).validated(), session_id("abc"), FakeSTS())
+    assert unscoped.access_key == "AKIAFAKE" and len(calls) == 1
+
+
+def test_mount_strategies_plan_what_the_container_needs(s3: Any) -> None:
+    settings = SETTINGS.validated()
+    sid = session_id("abc")
+    host = HostMount().plan(sid, settings, 1900000001)
+    assert host.user == "1900000001:1900000001" and not host.cap_add and not host.devices
+    assert host.entrypoint[:3] == ["python3", "-I", "-S"] and host.volume is not None
+    assert host.volume.name == "sandbox-ws-abc.1900000001" and host.volume.options["uid"] == "1900000001"
+    storage = SessionStorage(settings, client=s3)
+    storage.ensure_bucket()
+    minted = []
+    inside = InContainerMount(lambda: storage, apparmor=False,
+                              mint=lambda s, i: minted.append(i) or settings.credentials).plan(sid, settings, 1900000002)
+    assert inside.user is None and "SYS_ADMIN" in inside.cap_add and inside.devices == ["/dev/fuse:/dev/fuse:rwm"]
+    files = {f.name: f for f in inside.boot_files}
+    assert files["credentials"].mode == 0o400 and b"fake-secret" in files["credentials"].data
+    assert b"fake-secret" not in files["entrypoint.sh"].data and b"uid=1900000002" in files["entrypoint.sh"].data
+    assert minted == [sid]
+    assert "sessions/abc/" in [o["Key"] for o in s3.list_objects_v2(Bucket="fake-bucket")["Contents"]]
+
+
+class FakeBackend:
+    """Records what the launcher asks of a backend."""
+
+    name = "fake"
+
+    def __init__(self, fail: BaseException | None = None) -> None:
+        self.fail = fail
+        self.leased: list[int] = []
+        self.released: list[int] = []
+        self.launched: list[SessionSpec] = []
+
+    def lease_uid(self, session_id: str) -> int:
+        self.leased.append(1900000000 + len(self.leased))
+        return self.leased[-1]
+
+    def release_uid(self, uid: int) -> None:
+        self.released.append(uid)
+
+    def launch(self, spec: SessionSpec) -> SessionInfo:
+        self.launched.append(spec)
+        if self.fail:
+            raise self.fail
+        return SessionInfo(spec.session_id, "cid", "name", "running", "img", "none", spec.settings.bucket,
+                           "p/", spec.strategy, spec.uid, "node")
+
+
+def test_launcher_validates_first_checks_the_bucket_once_and_releases_a_failed_uid(s3: Any) -> None:
+    backend = FakeBackend()
+    storage = SessionStorage(SETTINGS.validated(), client=s3)
+    manager = SessionManager(SETTINGS, backend=backend, storage=storage)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError):
+        manager.create("../etc")
+    assert backend.leased == []
+    manager.create("one")
+    manager.create("two")
+    assert [s.session_id for s in backend.launched] == ["one", "two"]
+    assert backend.launched[0].plan.volume is not None  # the default strategy is host
+    failing = FakeBackend(SessionExists("taken"))
+    manager = SessionManager(SETTINGS, backend=failing, storage=storage)  # type: ignore[arg-type]
+    with pytest.raises(SessionExists):
+        manager.create("three")
+    assert failing.released == failing.leased
+
+
+def test_uid_leases_are_exclusive_and_released(tmp_path: Path) -> None:
+    leases = UidLeases(tmp_path, (1900000000, 1900001023))
+    taken = {leases.allocate("s") for _ in range(200)}
+    assert len(taken) == 200 and all(1900000000 <= u <= 1900001023 for u in taken)
+    uid = taken.pop()
+    leases.release(uid)
+    assert not (tmp_path / "uids" / str(uid)).exists()
+
+
+def test_doctor_decides_by_kind_without_an_engine() -> None:
+    from provisioning.hostinfo import DockerUnavailable
+
+    def no_engine() -> Any:
+        raise DockerUnavailable("no engine here")
+
+    checks = {c.name: c for c in Doctor(SETTINGS, docker_factory=no_engine).run()}
+    assert checks["docker engine"].ok is False and "dockerd" in checks["docker engine"].fix
+    assert checks["executor image"].ok is False
+    assert checks["s3 endpoint"].ok is False and "start the object store" in checks["s3 endpoint"].fix
+    bad = {c.name: c for c in Doctor(dataclasses.replace(SETTINGS, bucket="Bad_Bucket")).run()}
+    assert list(bad) == ["settings"] and "bucket" in bad["settings"].detail
+
+
+def test_image_build_is_skipped_when_its_inputs_match(tmp_path: Path) -> None:
+    (tmp_path / "Dockerfile").write_text("FROM base\n")
+    digest = context_digest(tmp_path, "sha256:base")
+
+    class Image:
+        def __init__(self, labels: dict[str, str]) -> None:
+            self.id, self.tags, self.labels, self.attrs = "sha256:img", ["x"], labels, {"Size": 10}
+
+    class Images:
+        def __init__(self) -> None:
+            self.built = 0
+
+        def get(self, ref: str) -> Image:
+            return Image({}) if ref == "base" else Image({"io.sandbox-host.inputs": digest})
+
+        def build(self, **kwargs: Any) -> tuple[Image, list[Any]]:
+            self.built += 1
+            return Image({}), []
+
+    class Client:
+        images = Images()
+
+    builder = ImageBuilder(Client(), context=tmp_path, cache_dir=tmp_path)  # type: ignore[arg-type]
+    base = Image({})
+    base.id = "sha256:base"
+    builder.registry_base = lambda ref: base  # type: ignore[method-assign]
+    result = builder.build("img:1", base_image="base")
+    assert result.built is False and Client.images.built == 0
+    (tmp_path / "Dockerfile").write_text("FROM base\nRUN true\n")
+    assert builder.build("img:1", base_image="base").built is True
+
+
+def test_volume_options_are_checked_at_the_driver() -> None:
+    rng = (1900000000, 1999999999)
+    parsed = volumes.parse_options("sandbox-ws-abc.1900000005", {"session": "abc", "uid": "1900000005",
+                                                                 "gid": "1900000005"}, rng)
+    assert (parsed.session_id, parsed.uid, parsed.ephemeral) == ("abc", 1900000005, False)
+    assert volumes.parse_options("sandbox-ctl-abc.1900000005", {"session": "abc", "uid": "1900000005",
+                                                                "gid": "1900000005", "ephemeral": "true"}, rng).ephemeral
+    for name, opts, field in [
+        ("sandbox-ws-abc.1900000005", {"session": "abc", "uid": "0", "gid": "0"}, "uid"),
+        ("sandbox-ws-abc.1900000005", {"session": "../x", "uid": "1900000005", "gid": "1900000005"}, "session id"),
+        ("sandbox-ws-other.1900000005", {"session": "abc", "uid": "1900000005", "gid": "1900000005"}, "volume name"),
+        ("sandbox-ws-abc.1900000005", {"session": "abc", "uid": "1900000005", "gid": "1900000005", "x": "1"},
+         "volume option"),
+    ]:
+        with pytest.raises(ValidationError, match=field):
+            volumes.parse_options(name, opts, rng)
+
+
+def test_the_plugin_protocol_answers_docker(tmp_path: Path) -> None:
+    """Docker's side of the protocol against a fake manager: every endpoint, and errors as Err."""
+
+    class FakeManager:
+        def __init__(self) -> None:
+            self.calls: list[tuple[str, ...]] = []
+
+        def create(self, name: str, opts: dict[str, Any]) -> None:
+            self.calls.append(("create", name))
+            if name == "bad":
+                raise ValidationError("volume name", name, "no")
+
+        def mount(self, name: str, caller: str) -> Path:
+            self.calls.append(("mount", name, caller))
+            return tmp_path / name
+
+        def unmount(self, name: str, caller: str) -> None:
+            self.calls.append(("unmount", name, caller))
+
+        def remove(self, name: str) -> None:
+            self.calls.append(("remove", name))
+
+        def list(self) -> list[Any]:
+            return []
+
+    manager = FakeManager()
+    server = PluginServer(tmp_path / "p.sock", manager)  # type: ignore[arg-type]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    def call(endpoint: str, body: dict[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode()
+        with socket.socket(socket.AF_UNIX) as sock:
+            sock.connect(str(tmp_path / "p.sock"))
+            sock.sendall(f"POST /{endpoint} HTTP/1.1\r\nHost: x\r\nContent-Length: {len(data)}\r\n"
+                         f"Connection: close\r\n\r\n".encode() + data)
+            raw = b""
+            while chunk := sock.recv(65536):
+                raw += chunk
+        return json.loads(raw.partition(b"\r\n\r\n")[2])
+
+    try:
+        assert call("Plugin.Activate", {}) == {"Implements": ["VolumeDriver"]}
+        assert call("VolumeDriver.Capabilities", {})["Capabilities"] == {"Scope": "local"}
+        assert call("VolumeDriver.Create", {"Name": "v", "Opts": {}}) == {"Err": ""}
+        assert "invalid volume name" in call("VolumeDriver.Create", {"Name": "bad"})["Err"]
+        assert call("VolumeDriver.Mount", {"Name": "v", "ID": "c1"})["Mountpoint"] == str(tmp_path / "v")
+        assert call("VolumeDriver.Unmount", {"Name": "v", "ID": "c1"}) == {"Err": ""}
+        assert call("VolumeDriver.Remove", {"Name": "v"}) == {"Err": ""}
+        assert "names no volume" in call("VolumeDriver.Mount", {})["Err"]
+        assert manager.calls == [("create", "v"), ("create", "bad"), ("mount", "v", "c1"), ("unmount", "v", "c1"),
+                                 ("remove", "v")]
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_swarm_spec_carries_the_same_hardening() -> None:
+    from provisioning.backends.swarm import SwarmBackend
+
+    settings = dataclasses.replace(SETTINGS, backend="swarm").validated()
+    sid = session_id("abc")
+    plan = HostMount().plan(sid, settings, 1900000009)
+    task, labels = SwarmBackend(settings)._spec(SessionSpec(sid, 1900000009, "host", plan, settings))
+    container = task["ContainerSpec"]
+    assert container["User"] == "1900000009:1900000009" and container["ReadOnly"] is True
+    assert container["CapabilityDrop"] == ["ALL"] and not container.get("CapabilityAdd")
+    assert [m["Target"] for m in container["Mounts"]] == ["/workspace", facts.CONTROL_MOUNT, "/tmp"]
+    assert container["Mounts"][0]["VolumeOptions"]["DriverConfig"]["Options"]["ephemeral"] == "true"
+    assert task["RestartPolicy"]["Condition"] == "none"
+    assert task["Resources"]["Limits"]["Pids"] == 256
+    assert task["Resources"]["Reservations"]["MemoryBytes"] == task["Resources"]["Limits"]["MemoryBytes"]
+    assert task["Placement"]["Constraints"] == ["node.labels.io.sandbox-host.sandbox == true"]
+    assert labels[facts.LABEL_UID] == "1900000009"
+    in_container = InContainerMount(lambda: None, apparmor=False, mint=lambda s, i: settings.credentials)  # type: ignore[arg-type, return-value]
+    with pytest.raises(SessionError, match="mount = host"):
+        plan2 = dataclasses.replace(plan, devices=["/dev/fuse"], cap_add=["SYS_ADMIN"])
+        SwarmBackend(settings)._spec(SessionSpec(sid, 1, "in-container", plan2, settings))
+    assert in_container.name == "in-container"
