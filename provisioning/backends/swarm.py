@@ -40,6 +40,20 @@ def _nanos(cpus: float) -> int:
     return int(cpus * 1e9)
 
 
+def _tasks(service: Service, attempts: int = 5) -> list[dict[str, Any]]:
+    """A service's tasks; a connection the engine dropped under load is tried again."""
+    import requests
+
+    for attempt in range(attempts):
+        try:
+            return list(service.tasks())
+        except requests.exceptions.ConnectionError:
+            if attempt == attempts - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    return []
+
+
 class SwarmBackend:
     name = "swarm"
 
@@ -150,7 +164,7 @@ class SwarmBackend:
         deadline = time.monotonic() + placement_timeout
         last = "not scheduled yet"
         while True:
-            tasks = service.tasks()
+            tasks = _tasks(service)
             if tasks:
                 task = tasks[0]
                 status = task.get("Status", {})
@@ -198,7 +212,7 @@ class SwarmBackend:
         return found[0]
 
     def _task(self, service: Service) -> dict[str, Any] | None:
-        tasks = sorted(service.tasks(), key=lambda t: t.get("CreatedAt", ""))
+        tasks = sorted(_tasks(service), key=lambda t: t.get("CreatedAt", ""))
         return tasks[-1] if tasks else None
 
     def _info(self, service: Service, launch_seconds: float | None = None) -> SessionInfo:
@@ -269,12 +283,12 @@ class SwarmBackend:
             service.scale(0)
             deadline = time.monotonic() + timeout + STOP_GRACE_SECONDS
             while time.monotonic() < deadline:
-                current = next((t for t in service.tasks() if t["ID"] == task["ID"]), None)
+                current = next((t for t in _tasks(service) if t["ID"] == task["ID"]), None)
                 state = (current or {}).get("Status", {}).get("State", "")
                 if current is None or state in DONE:
                     code = int((current or {}).get("Status", {}).get("ContainerStatus", {}).get("ExitCode", -1))
                     break
-                time.sleep(0.05)
+                time.sleep(0.1)
             if node.get("Status", {}).get("State") == "ready":
                 self._wait_released(session_id, node, timeout)
         elif task is not None:

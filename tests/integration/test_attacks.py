@@ -24,7 +24,7 @@ from provisioning.executor_client import ExecutorError
 from provisioning.launcher import SessionManager
 from provisioning.storage import SessionStorage
 
-from ..conftest import session_id
+from ..conftest import Store, session_id
 from ..servers.volumed import VolumeService
 from provisioning.volumed.staging import size_bytes as staging_bytes
 
@@ -146,12 +146,21 @@ FILL = """
 CAPPED = ("No space left", "Read-only file system", "Permission denied", "Disk quota exceeded")
 
 
+def real_server_only(s3_store: Store) -> None:
+    """The longest attacks run once per strategy, against the real S3 server (RGW): they test the
+    host's caps and s3fs's flush, which do not depend on the server."""
+    if s3_store.name != "rgw":
+        pytest.skip("runs per strategy against Ceph RGW")
+
+
 def test_writing_2gb_anywhere_hits_a_cap(manager: SessionManager, settings: Settings, docker_engine,
-                                         storage: SessionStorage, volume_service: VolumeService) -> None:
+                                         storage: SessionStorage, volume_service: VolumeService,
+                                         s3_store: Store) -> None:
     """Every path user code can write: the host's disk takes at most the session's caps. The
     workspace is the one path backed by S3, not by the host: what exceeds s3fs's staging area
     streams to the store (s3fs >= 1.92), so there the rule is the durability one: the write
     fails where user code sees it, or the object is whole in S3."""
+    real_server_only(s3_store)
     sid = session_id()
     info = manager.create(sid)
     out = run(manager, sid, FILL, timeout=900)
@@ -201,9 +210,11 @@ def test_a_host_account_cannot_read_a_workspace(manager: SessionManager, setting
     assert manager.exec(sid, argv=["cat", "artifacts/secret.txt"]).stdout == b"mine"
 
 
-def test_stop_right_after_writing_loses_nothing(manager: SessionManager, storage: SessionStorage) -> None:
+def test_stop_right_after_writing_loses_nothing(manager: SessionManager, storage: SessionStorage,
+                                                s3_store: Store) -> None:
     """50 sessions: each writes files of random content and sizes (one still open when the stop
     comes) and is stopped at once; every byte is in S3 (sha256)."""
+    real_server_only(s3_store)
     for round_ in range(50):
         sid = session_id()
         manager.create(sid)
