@@ -21,6 +21,11 @@ extras="ansible"
 [ -x .venv/bin/python ] || { log "creating .venv"; python3 -m venv .venv; }
 log "installing sandbox-host[$extras] into .venv"
 .venv/bin/pip install -q --disable-pip-version-check -e ".[$extras]"
+# The roles' collections (pinned), and this checkout as the collection sandbox_host.platform.
+.venv/bin/python scripts/install-collections.py .venv/bin/python --link-checkout
+# The runtime's wheel, which the sandbox_host role installs on the hosts (reproducible: unchanged
+# sources give the same bytes, so a re-run copies nothing).
+.venv/bin/python scripts/build-wheel.py roles/sandbox_host/files/dist >/dev/null
 
 # The dev object store's key pair for this machine, generated once.
 secrets=/etc/sandbox-host/local-secrets.yml

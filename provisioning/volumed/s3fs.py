@@ -46,7 +46,7 @@ def start(mount: S3fsMount, credentials: Credentials, log: Path, binary: str = "
         return subprocess.Popen(mount.argv(binary), env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
-        raise MountError(f"cannot start {binary}: {exc.strerror}; install s3fs (roles/s3fs)") from None
+        raise MountError(f"cannot start {binary}: {exc.strerror}; install s3fs (playbooks/s3fs.yml)") from None
     finally:
         os.close(fd)
 

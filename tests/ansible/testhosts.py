@@ -134,7 +134,7 @@ def runtime_requirements(root: Path) -> list[str]:
     import tomllib
 
     project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
-    return [*project["dependencies"], *project["optional-dependencies"]["server"], "setuptools>=64", "wheel"]
+    return [*project["dependencies"], *project["optional-dependencies"]["server"]]
 
 
 def wheelhouse(root: Path, pip: Path, python_version: str) -> Path:
@@ -219,10 +219,10 @@ def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClie
               "sandbox_host_config=" + json.dumps({"s3_endpoint": f"http://{store}:9000", "bucket": "sandbox-sessions",
                                                    "access_key": user, "secret_key": password}),
               # The engine inside a test host: host networking only (sessions there use it).
-              "docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
+              "sandbox_docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
               "executor_image_offline=true",
               f"executor_image_base_tarball={offline_base_tarball(client)}"]
     if swarm_manager:
         # The fleet's CA for this run only, next to the inventory (never in the repository).
-        lines.append(f"swarm_ca_dir={path.parent / 'ca'}")
+        lines.append(f"sandbox_swarm_ca_dir={path.parent / 'ca'}")
     path.write_text("\n".join(lines) + "\n")

@@ -32,7 +32,7 @@ libdir=usr/lib/$multiarch
 # shellcheck disable=SC2016 # $root is the wrapper's variable
 wrapper() {  # ROOT NOW: the wrapper running ROOT's s3fs, whose files are at NOW for the time being
     printf '#!/bin/sh\n'
-    printf '# s3fs from Debian %s with its own libraries and loader (sandbox-host role s3fs).\n' "$suite"
+    printf '# s3fs from Debian %s with its own libraries and loader (sandbox-host role sandbox_s3fs).\n' "$suite"
     printf "root='%s'\n" "$1"
     if [ -d "$2/$libdir/gconv" ]; then
         # Without it, the newer libc would load the host's gconv modules.
@@ -124,7 +124,7 @@ set -- -o "Dir::Etc::SourceList=$work/sources.list" -o "Dir::Etc::SourceParts=$w
     -o Dir::Cache::pkgcache= -o Dir::Cache::srcpkgcache= -o Debug::NoLocking=1 \
     -o APT::Install-Recommends=false -o APT::Install-Suggests=false
 step "reading $suite from $mirror"
-apt-get "$@" -qq update || die "cannot read $suite from $mirror (not a Debian mirror? see s3fs_runtime_archive)"
+apt-get "$@" -qq update || die "cannot read $suite from $mirror (not a Debian mirror? see sandbox_s3fs_runtime_archive)"
 # "Inst libc6 (2.41-12 Debian:13.2/stable [amd64]) []" -> "libc6_2.41-12_amd64.deb"
 apt-get "$@" -s install s3fs |
     sed -n 's/^Inst \([^ ]*\) (\([^ ]*\) [^[]*\[\([^]]*\)\]).*$/\1_\2_\3.deb/p' |
