@@ -221,13 +221,12 @@ def test_session_key_without_trailing_slash(session: Session, bucket: str, admin
     assert keys(admin.list_objects_v2(Bucket=bucket, Prefix=key, Delimiter="/")) == []
 
 
-def test_session_listing_without_trailing_slash_shows_sibling_prefixes(session: Session, bucket: str) -> None:
-    """Prefix sessions/ID (allowed by the condition) also matches sessions/IDx/...: their key names show.
-
-    Their contents stay out of reach. Session IDs of one fixed length keep one ID from being another's prefix.
-    """
+def test_session_listing_needs_the_trailing_slash(session: Session, bucket: str) -> None:
+    """A listing prefix of sessions/ID (no '/') would also match sessions/IDx/...: on RGW it shows
+    their key names. The policy allows only prefixes ending in sessions/ID/, so it is refused."""
     s3, sibling = session.s3, f"sessions/{session.session_id}x/sibling"
-    assert sibling in keys(s3.list_objects_v2(Bucket=bucket, Prefix=f"sessions/{session.session_id}"))
+    assert denied(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=f"sessions/{session.session_id}"))
+    assert sibling not in keys(s3.list_objects_v2(Bucket=bucket, Prefix=session.prefix))
     assert denied(lambda: s3.get_object(Bucket=bucket, Key=sibling))
     assert denied(lambda: s3.list_objects_v2(Bucket=bucket, Prefix=f"sessions/{session.session_id}x/"))
 
