@@ -230,8 +230,20 @@ def render_config(values: Mapping[str, Any], header: str = "") -> str:
     for name, value in sorted(values.items()):
         coerced = _coerce(name, value)
         checked[name] = list(coerced) if isinstance(coerced, tuple) else coerced
+    check_values(values)
     text = tomli_w.dumps(checked)
     return (f"# {header}\n" if header else "") + text
+
+
+def check_values(values: Mapping[str, Any]) -> None:
+    """Validate the settings a config file gives, as every command will read them: a file that
+    would make each command (and the volume service) fail is refused before it is written. The
+    endpoint may come from the environment instead, so a file without one is not checked for it."""
+    given = {name: _coerce(name, value) for name, value in values.items()}
+    Settings(**{"s3_endpoint": "http://127.0.0.1:9000", **given}).validated()
+    for name in ("access_key", "secret_key", "session_token"):
+        if given.get(name):
+            validation.credential(name, given[name])
 
 
 def write_config_file(path: Path, values: Mapping[str, Any], header: str = "", check: bool = False) -> bool:

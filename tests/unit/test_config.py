@@ -5,6 +5,7 @@ import pytest
 
 from provisioning import config
 from provisioning.config import ConfigError
+from provisioning.validation import ValidationError
 
 
 def test_precedence_file_env_flags(tmp_path: Path) -> None:
@@ -63,7 +64,7 @@ def test_every_setting_round_trips_through_the_config_file(tmp_path: Path) -> No
 
     values = {
         "s3_endpoint": "http://127.0.0.1:9000", "bucket": "b-1", "region": "eu-west-1",
-        "access_key": 'AK"with\\quotes', "secret_key": 's"e\\c\nret', "session_token": "tok",
+        "access_key": 'AK"with\\quotes', "secret_key": 's"e\\c\\ret', "session_token": "tok",
         "image": "reg.example/img:1", "network": "none", "state_dir": "/run/x", "mount": "in-container",
         "backend": "swarm", "volume_driver": "drv", "uid_range": (2_000_000, 2_100_000), "memory": "2g",
         "cpus": 1.5, "pids_limit": 99, "tmp_size": "50m", "staging_size": "3g", "log_max_size": "2m",
@@ -88,3 +89,17 @@ def test_config_write_refuses_what_is_no_setting(tmp_path: Path) -> None:
         config.write_config_file(tmp_path / "c.toml", {"buckett": "x"})
     with pytest.raises(ConfigError, match="must be a int"):
         config.write_config_file(tmp_path / "c.toml", {"pids_limit": "many"})
+
+
+def test_config_write_refuses_values_every_command_would_refuse(tmp_path: Path) -> None:
+    """A file the runtime would refuse on every call (the volume service among them) is not written."""
+    path = tmp_path / "c.toml"
+    with pytest.raises(ValidationError, match="secret_key"):
+        config.write_config_file(path, {"secret_key": "has a space"})
+    with pytest.raises(ValidationError, match="memory"):
+        config.write_config_file(path, {"memory": "lots"})
+    with pytest.raises(ValidationError, match="s3fs option"):
+        config.write_config_file(path, {"s3fs_options": {"allow_other": True}})
+    assert not path.exists()
+    # No endpoint in the file is fine: it may come from the environment.
+    assert config.write_config_file(path, {"bucket": "b-1"}) is True
