@@ -9,16 +9,20 @@ import signal
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from . import config as config_mod
 from .config import ConfigError, Credentials, Settings
 from .errors import SandboxHostError
-from .hostinfo import docker_client
-from .image import DEFAULT_SUITE, ImageBuilder
-from .launcher import SessionManager
-from .storage import SessionStorage
+from .facts import DEFAULT_SUITE
 from .validation import parse_s3fs_option_list
+
+if TYPE_CHECKING:
+    from .launcher import SessionManager
+    from .storage import SessionStorage
+
+# Modules a command needs are imported by that command: `--help` and `session exec` start without
+# boto3, the image builder or the Swarm backend.
 
 EXIT_USAGE = 2
 # The embedded endpoint's own key pair (like MinIO's MINIO_ROOT_USER / MINIO_ROOT_PASSWORD).
@@ -63,6 +67,18 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
+def _manager(args: argparse.Namespace) -> SessionManager:
+    from .launcher import SessionManager
+
+    return SessionManager(_settings(args))
+
+
+def _storage(args: argparse.Namespace) -> SessionStorage:
+    from .storage import SessionStorage
+
+    return SessionStorage(_settings(args).validated())
+
+
 # -- doctor --------------------------------------------------------------------------------
 def cmd_doctor(args: argparse.Namespace) -> int:
     from .doctor import Doctor
@@ -83,6 +99,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 def cmd_image_build(args: argparse.Namespace) -> int:
     settings = _settings(args)
     log = (lambda m: None) if args.json else (lambda m: print(f"image: {m}", file=sys.stderr))
+    from .hostinfo import docker_client
+    from .image import ImageBuilder
+
     builder = ImageBuilder(docker_client(timeout=1800), log=log)
     result = builder.build(
         settings.image, base_image=args.base_image, offline=args.offline,
@@ -99,7 +118,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 # -- sessions ------------------------------------------------------------------------------
 def cmd_session_create(args: argparse.Namespace) -> int:
-    info = SessionManager(_settings(args)).create(args.session_id)
+    info = _manager(args).create(args.session_id)
     if args.json:
         print(json.dumps(info.to_json(), sort_keys=True))
     else:
@@ -109,13 +128,11 @@ def cmd_session_create(args: argparse.Namespace) -> int:
 
 def cmd_session_exec(args: argparse.Namespace) -> int:
     command = list(args.command)
-    if command and command[0] == "--":
-        command = command[1:]
     if not command:
-        print("sandbox-host: error: give the command after --", file=sys.stderr)
+        print("sandbox-host: error: give the command after --, e.g. session exec ID -- python3 -V", file=sys.stderr)
         return EXIT_USAGE
     stdin = sys.stdin.buffer.read() if args.stdin else b""
-    result = SessionManager(_settings(args)).exec(args.session_id, argv=command, timeout=args.timeout, stdin=stdin)
+    result = _manager(args).exec(args.session_id, argv=command, timeout=args.timeout, stdin=stdin)
     sys.stdout.buffer.write(result.stdout)
     sys.stdout.buffer.flush()
     sys.stderr.buffer.write(result.stderr)
@@ -128,14 +145,14 @@ def cmd_session_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_session_upload(args: argparse.Namespace) -> int:
-    storage = SessionStorage(_settings(args).validated())
+    storage = _storage(args)
     key = storage.upload(args.session_id, Path(args.file), args.name)
     print(f"uploaded {args.file} to s3://{storage.settings.bucket}/{key}")
     return 0
 
 
 def cmd_session_artifacts(args: argparse.Namespace) -> int:
-    storage = SessionStorage(_settings(args).validated())
+    storage = _storage(args)
     items = storage.list(args.session_id, "uploads" if args.uploads else "artifacts")
     if args.json:
         _print_json([{"name": i.name, "key": i.key, "size": i.size} for i in items])
@@ -146,7 +163,7 @@ def cmd_session_artifacts(args: argparse.Namespace) -> int:
 
 
 def cmd_session_download(args: argparse.Namespace) -> int:
-    storage = SessionStorage(_settings(args).validated())
+    storage = _storage(args)
     if args.output == "-":
         sys.stdout.buffer.write(storage.get_bytes(args.session_id, "artifacts", args.name))
         return 0
@@ -156,13 +173,13 @@ def cmd_session_download(args: argparse.Namespace) -> int:
 
 
 def cmd_session_stop(args: argparse.Namespace) -> int:
-    code = SessionManager(_settings(args)).stop(args.session_id, timeout=args.timeout)
+    code = _manager(args).stop(args.session_id, timeout=args.timeout)
     print(f"session {args.session_id} stopped (entrypoint exit status {code})")
     return 0 if code in (0, 143) else 1
 
 
 def cmd_session_list(args: argparse.Namespace) -> int:
-    sessions = SessionManager(_settings(args)).list()
+    sessions = _manager(args).list()
     if args.json:
         _print_json([s.to_json() for s in sessions])
     else:
@@ -174,7 +191,7 @@ def cmd_session_list(args: argparse.Namespace) -> int:
 
 
 def cmd_session_health(args: argparse.Namespace) -> int:
-    health = SessionManager(_settings(args)).health(args.session_id)
+    health = _manager(args).health(args.session_id)
     _print_json(health)
     return 0 if health.get("ok") else 1
 
@@ -197,6 +214,8 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
              "secret_key": settings.secret_key},
             "Written by 'sandbox-host s3 serve'; valid while that server runs.")
     server.start()
+    from .storage import SessionStorage
+
     SessionStorage(settings).ensure_bucket()
     print(f"embedded S3 endpoint on {server.endpoint} (bucket {settings.bucket}); "
           f"config {'in ' + args.write_config if args.write_config else 'not written'}", flush=True)
@@ -260,7 +279,7 @@ def cmd_volumes_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_s3_ensure_bucket(args: argparse.Namespace) -> int:
-    storage = SessionStorage(_settings(args).validated())
+    storage = _storage(args)
     created = storage.ensure_bucket()
     print(f"bucket {storage.settings.bucket} {'created' if created else 'present'}")
     return 0
@@ -316,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("session_id")
     run.add_argument("--timeout", type=float, default=60.0)
     run.add_argument("--stdin", action="store_true", help="pass this process's standard input to the command")
-    run.add_argument("command", nargs=argparse.REMAINDER)
+    run.add_argument("command", nargs="*", help="the command, after -- (everything after it is passed untouched)")
     run.set_defaults(func=cmd_session_exec)
 
     upload = session.add_parser("upload", parents=[common], help="upload a file to the session's uploads/")
@@ -416,8 +435,22 @@ def explain(exc: BaseException) -> tuple[str, int]:
     raise exc
 
 
+def parse(argv: Sequence[str]) -> argparse.Namespace:
+    """Options go anywhere before ``--`` (``session exec ID --timeout 5 -- cmd``); everything
+    after the first ``--`` is the command of ``session exec``, passed on untouched."""
+    parser = build_parser()
+    argv = list(argv)
+    split = argv.index("--") if "--" in argv else -1
+    head = argv[:split]
+    if split < 0 or not any(head[i:i + 2] == ["session", "exec"] for i in range(len(head))):
+        return parser.parse_args(argv)  # no command to take: "--" means what argparse says
+    args = parser.parse_args(head)
+    args.command = [*args.command, *argv[split + 1:]]
+    return args
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

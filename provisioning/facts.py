@@ -76,3 +76,6 @@ def control_volume_name(session_id: str, uid: int) -> str:
 
 def container_name(session_id: str) -> str:
     return f"sandbox-{session_id}"
+
+# The Debian suite of the executor image's offline base (debootstrap).
+DEFAULT_SUITE = "trixie"

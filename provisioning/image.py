@@ -19,6 +19,7 @@ from pathlib import Path
 import docker
 import docker.errors
 
+from . import facts
 from .aptmirror import debian_mirror
 from .errors import SandboxHostError
 from .resources import data_dir
@@ -26,7 +27,7 @@ from .resources import data_dir
 DEFAULT_BASE_IMAGE = "python:3.13-slim-trixie"
 # Debian 13: its s3fs (1.95) mounts a prefix with credentials scoped to it (1.90, Debian 12's,
 # lists the bucket root at mount time: s3fs-fuse#2063), for the in-container mount strategy.
-DEFAULT_SUITE = "trixie"
+DEFAULT_SUITE = facts.DEFAULT_SUITE
 CONTEXT_DIR = data_dir("executor") / "image"
 LABEL_INPUTS = "io.sandbox-host.inputs"
 # What the offline base carries, so the Dockerfile installs nothing and needs no archive.

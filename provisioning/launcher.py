@@ -3,7 +3,7 @@ backend). The CLI and the library share this one path."""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import docker
 
@@ -14,7 +14,9 @@ from .errors import SessionError, SessionExists, SessionNotFound
 from .backends.base import Executor
 from .executor_client import ExecResult
 from .mounts import MountStrategy, strategy_for
-from .storage import SessionStorage
+
+if TYPE_CHECKING:
+    from .storage import SessionStorage
 
 __all__ = ["SessionError", "SessionExists", "SessionInfo", "SessionManager", "SessionNotFound"]
 
@@ -32,6 +34,8 @@ class SessionManager:
     @property
     def storage(self) -> SessionStorage:
         if self._storage is None:
+            from .storage import SessionStorage  # boto3: not on the exec path
+
             self._storage = SessionStorage(self.settings)
         return self._storage
 

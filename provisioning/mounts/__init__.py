@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from ..config import ValidSettings
-from ..storage import SessionStorage
 from .base import BootFile, MountStrategy, StrategyError, VolumeSpec, WorkspacePlan
 from .host import HostMount
-from .in_container import InContainerMount
+
+if TYPE_CHECKING:
+    from ..storage import SessionStorage
+    from .in_container import InContainerMount
+
+# The in-container strategy brings jinja2 and boto3 (STS): imported when it is chosen or named.
 
 __all__ = ["BootFile", "HostMount", "InContainerMount", "MountStrategy", "StrategyError", "VolumeSpec",
            "WorkspacePlan", "strategy_for"]
@@ -16,5 +21,15 @@ __all__ = ["BootFile", "HostMount", "InContainerMount", "MountStrategy", "Strate
 
 def strategy_for(settings: ValidSettings, storage: Callable[[], SessionStorage]) -> MountStrategy:
     if settings.mount == "in-container":
+        from .in_container import InContainerMount
+
         return InContainerMount(storage)
     return HostMount()
+
+
+def __getattr__(name: str) -> Any:
+    if name == "InContainerMount":
+        from .in_container import InContainerMount
+
+        return InContainerMount
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -5,6 +5,8 @@ executor's syscall filter (which refuses the namespace and mount calls SYS_ADMIN
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import concurrent.futures
 from collections.abc import Callable
 
@@ -14,9 +16,11 @@ from .. import credentials as creds_mod
 from .. import facts, render
 from ..config import Credentials, ValidSettings
 from ..hostinfo import apparmor_enforced
-from ..storage import SessionStorage
 from ..validation import SessionId
 from .base import BootFile, StrategyError, WorkspacePlan
+
+if TYPE_CHECKING:
+    from ..storage import SessionStorage
 
 
 def _credentials_file(credentials: Credentials) -> bytes:

@@ -39,3 +39,24 @@ def test_exec_requires_a_command() -> None:
     out = subprocess.run([sys.executable, "-m", "provisioning.cli", "session", "exec", "abc", "--"],
                          capture_output=True, text=True)
     assert out.returncode == 2 and "give the command" in out.stderr
+
+
+@pytest.mark.parametrize("argv, timeout, command", [
+    (["session", "exec", "abc", "--timeout", "5", "--", "cmd", "--timeout", "9"], 5.0, ["cmd", "--timeout", "9"]),
+    (["session", "exec", "--timeout", "5", "abc", "--", "sh", "-c", "echo -- x"], 5.0, ["sh", "-c", "echo -- x"]),
+    (["session", "exec", "abc", "--", "--", "-x"], 60.0, ["--", "-x"]),
+    (["--backend", "swarm", "session", "exec", "abc", "--stdin", "--", "python3"], 60.0, ["python3"]),
+    (["session", "exec", "abc", "true"], 60.0, ["true"]),
+])
+def test_exec_options_anywhere_before_the_command(argv: list[str], timeout: float, command: list[str]) -> None:
+    """Options after the session id are options; everything after the first -- is the command, untouched."""
+    from provisioning.cli import parse
+
+    args = parse(argv)
+    assert (args.session_id, args.timeout, args.command) == ("abc", timeout, command)
+
+
+def test_double_dash_elsewhere_means_what_argparse_says() -> None:
+    from provisioning.cli import parse
+
+    assert parse(["session", "stop", "--", "abc"]).session_id == "abc"
