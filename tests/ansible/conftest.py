@@ -27,12 +27,26 @@ class PlaybookRun:
         return hosts
 
 
-def run_playbook(inventory: str | Path, *args: str, timeout: int = 1800) -> PlaybookRun:
+@dataclass(frozen=True)
+class Controller:
+    """Where ansible-playbook runs: its virtualenv's bin directory, working directory and config."""
+
+    bin: Path
+    cwd: Path
+    config: Path
+
+
+# This checkout, linked into .venv as the collection (what a developer runs).
+CHECKOUT = Controller(BIN, ROOT, ROOT / "ansible.cfg")
+
+
+def run_playbook(inventory: str | Path, *args: str, timeout: int = 1800,
+                 controller: Controller = CHECKOUT) -> PlaybookRun:
     import time
 
-    env = dict(os.environ, ANSIBLE_CONFIG=str(ROOT / "ansible.cfg"), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
-               PATH=f"{BIN}:{os.environ.get('PATH', '')}")
+    env = dict(os.environ, ANSIBLE_CONFIG=str(controller.config), ANSIBLE_FORCE_COLOR="0", ANSIBLE_NOCOLOR="1",
+               PATH=f"{controller.bin}:{os.environ.get('PATH', '')}")
     started = time.monotonic()
-    proc = subprocess.run([str(BIN / "ansible-playbook"), "-i", str(inventory), *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run([str(controller.bin / "ansible-playbook"), "-i", str(inventory), *args], cwd=controller.cwd,
+                          env=env, capture_output=True, text=True, timeout=timeout)
     return PlaybookRun(proc.returncode, proc.stdout + proc.stderr, round(time.monotonic() - started, 1))

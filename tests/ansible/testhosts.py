@@ -24,12 +24,16 @@ from provisioning.aptmirror import debian_mirror
 CACHE = Path(os.environ.get("SANDBOX_TEST_CACHE", "/var/cache/sandbox-host/test-hosts"))
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "ca-certificates", "procps", "iproute2")
 PYTHON = {"bookworm": "3.11", "trixie": "3.13"}
-# Everything a systemd host running its own Docker engine needs, short of CAP_SYS_RESOURCE
-# (absent from these machines' bounding set).
-CAPABILITIES = ["SYS_ADMIN", "NET_ADMIN", "NET_RAW", "SYS_PTRACE", "MKNOD", "SETPCAP", "SETUID", "SETGID", "KILL",
-                "CHOWN", "DAC_OVERRIDE", "DAC_READ_SEARCH", "FOWNER", "FSETID", "NET_BIND_SERVICE", "SYS_CHROOT",
-                "AUDIT_WRITE", "AUDIT_CONTROL", "SETFCAP", "IPC_LOCK", "IPC_OWNER", "SYS_NICE", "LINUX_IMMUTABLE",
-                "SYSLOG", "LEASE", "SYS_BOOT", "WAKE_ALARM", "BLOCK_SUSPEND"]
+
+
+def host_spec() -> dict:
+    """The test hosts' container definition, shared with the Molecule scenarios: the platform in
+    extensions/molecule/config.yml (capabilities, security options, tmpfs, stop signal)."""
+    import yaml
+
+    from .conftest import ROOT
+
+    return yaml.safe_load((ROOT / "extensions/molecule/config.yml").read_text())["platforms"][0]
 
 
 def log(message: str) -> None:
@@ -76,23 +80,24 @@ def build_image(client: docker.DockerClient, suite: str) -> str:
 
 def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.containers.Container:
     remove(client, name)
+    spec = host_spec()
     container = client.containers.run(
         image_tag(suite),
         name=name,
         hostname=name,
         detach=True,
-        cgroupns="host",
+        cgroupns=spec["cgroupns_mode"],
         volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
                  f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
-        tmpfs={"/run": "rw,exec", "/run/lock": "rw"},
+        tmpfs=dict(entry.split(":", 1) for entry in spec["tmpfs"]),
         cap_drop=["ALL"],
-        cap_add=CAPABILITIES,
-        security_opt=["seccomp=unconfined", "apparmor=unconfined"],
+        cap_add=spec["capabilities"],
+        security_opt=spec["security_opts"],
         # /dev/fuse for s3fs; loop devices for the volume service's staging areas (the kernel hands
         # out the lowest free loop device machine-wide, so the host's own nodes are passed).
         devices=["/dev/fuse:/dev/fuse:rwm", *loop_devices()],
         device_cgroup_rules=["b 7:* rmw", "c 10:237 rmw"],
-        stop_signal="SIGRTMIN+3",
+        stop_signal=spec["stop_signal"],
         labels={"io.sandbox-host.test-host": suite},
     )
     deadline = time.monotonic() + 90
@@ -226,3 +231,47 @@ def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClie
         # The fleet's CA for this run only, next to the inventory (never in the repository).
         lines.append(f"sandbox_swarm_ca_dir={path.parent / 'ca'}")
     path.write_text("\n".join(lines) + "\n")
+
+
+# What an adopter's ansible.cfg needs for site.yml (its own, not this checkout's): facts gathered
+# once per host across the imported playbooks, pipelining.
+ADOPTER_ANSIBLE_CFG = """[defaults]
+host_key_checking = False
+gathering = smart
+fact_caching = memory
+callback_result_format = yaml
+display_skipped_hosts = False
+retry_files_enabled = False
+
+[connection]
+pipelining = True
+"""
+
+
+def adopter_controller(root: Path, workdir: Path) -> "Controller":
+    """A controller as someone adopting the collection has it, outside this checkout: a fresh
+    virtualenv with ansible-core and the pinned collections, and sandbox_host.platform installed
+    from the tarball `ansible-galaxy collection build` makes (scripts/build-collection.sh)."""
+    import tomllib
+
+    from .conftest import BIN, Controller
+
+    started = time.monotonic()
+    build = subprocess.run(["bash", "scripts/build-collection.sh", str(workdir / "dist")], cwd=root, check=True,
+                           capture_output=True, text=True)
+    tarball = build.stdout.strip().splitlines()[-1]
+    venv = workdir / "venv"
+    subprocess.run(["python3", "-m", "venv", str(venv)], check=True)
+    core = [r for r in tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"]["test"]
+            if r.startswith("ansible-core")]
+    subprocess.run([str(venv / "bin/pip"), "install", "-q", "--disable-pip-version-check", *core], check=True)
+    subprocess.run([str(BIN / "python"), "scripts/install-collections.py", str(venv / "bin/python")], cwd=root,
+                   check=True)
+    site = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                          check=True, capture_output=True, text=True).stdout.strip()
+    subprocess.run([str(venv / "bin/ansible-galaxy"), "collection", "install", "--offline", "--no-deps", "-p", site,
+                    tarball], check=True, cwd=workdir, stdout=subprocess.DEVNULL)
+    config = workdir / "ansible.cfg"
+    config.write_text(ADOPTER_ANSIBLE_CFG)
+    log(f"collection {Path(tarball).name} installed in a fresh virtualenv: {time.monotonic() - started:.0f}s")
+    return Controller(venv / "bin", workdir, config)

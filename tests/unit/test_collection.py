@@ -74,3 +74,12 @@ def test_role_asserts_its_inputs_before_it_changes_anything(role: str) -> None:
         module = next(k for k in task if "." in k)
         if module in changing:
             assert task.get("changed_when") is False or task.get("check_mode") is False, (role, task["name"])
+
+
+def test_every_role_has_a_molecule_scenario() -> None:
+    """One way to test a role: its scenario in extensions/molecule (tests/ansible/test_molecule.py runs them)."""
+    roles = sorted(p.name for p in (ROOT / "roles").iterdir() if (p / "tasks/main.yml").is_file())
+    scenarios = sorted(p.name for p in (ROOT / "extensions/molecule").iterdir() if (p / "molecule.yml").is_file())
+    assert roles == scenarios
+    for scenario in scenarios:
+        assert list((ROOT / "extensions/molecule" / scenario / "tests").glob("test_*.py")), f"{scenario}: no testinfra"
