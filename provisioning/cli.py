@@ -105,7 +105,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     builder = ImageBuilder(docker_client(timeout=1800), log=log)
     result = builder.build(
         settings.image, base_image=args.base_image, offline=args.offline,
-        suite=args.suite, mirror=args.mirror, force=args.force,
+        suite=args.suite, mirror=args.mirror, force=args.force, minimal=args.minimal,
     )
     if args.json:
         _print_json(result.__dict__)
@@ -314,6 +314,8 @@ def build_parser() -> argparse.ArgumentParser:
                        help="Debian mirror for the offline base (env SANDBOX_DEBIAN_MIRROR; default: this host's "
                        "own apt source)")
     build.add_argument("--force", action="store_true", help="rebuild even if the inputs did not change")
+    build.add_argument("--minimal", action="store_true",
+                       help="python3 and s3fs only: no venv/pip, git, curl, sqlite3, procps, xz, zip")
     build.add_argument("--json", action="store_true")
     build.set_defaults(func=cmd_image_build)
 

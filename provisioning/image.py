@@ -32,6 +32,9 @@ CONTEXT_DIR = data_dir("executor") / "image"
 LABEL_INPUTS = "io.sandbox-host.inputs"
 # What the offline base carries, so the Dockerfile installs nothing and needs no archive.
 DEBIAN_BASE_PACKAGES = ("python3", "s3fs", "ca-certificates")
+# What users of a code sandbox reach for first (Debian package names; tar and gzip are in every
+# base). The default image carries them; `--minimal` builds without.
+USER_TOOLS = ("python3-venv", "python3-pip", "git", "curl", "sqlite3", "procps", "xz-utils", "zip", "unzip")
 # Not needed at run time; removed from the offline base to keep it lean.
 _SLIM_PATHS = ("usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
                "usr/share/lintian", "var/cache/apt", "var/lib/apt/lists", "var/log")
@@ -65,8 +68,18 @@ def _arch() -> str:
     return {"x86_64": "amd64", "aarch64": "arm64"}.get(machine, machine)
 
 
-def debian_base_tag(suite: str) -> str:
-    return f"sandbox-host/debian-base:{suite}-{_arch()}"
+def flavour(minimal: bool) -> str:
+    """The offline base's name suffix: the lean one keeps the name it always had."""
+    return "" if minimal else "-tools"
+
+
+def debian_base_tag(suite: str, minimal: bool = False) -> str:
+    return f"sandbox-host/debian-base:{suite}-{_arch()}{flavour(minimal)}"
+
+
+def debian_base_tarball(cache_dir: Path, suite: str, minimal: bool = False) -> Path:
+    """Where `image build` caches the offline base (the executor_image role seeds this name)."""
+    return cache_dir / f"debian-{suite}-{_arch()}{flavour(minimal)}.tar"
 
 
 def context_digest(context: Path, base_id: str) -> str:
@@ -104,16 +117,17 @@ class ImageBuilder:
             self.log(f"cannot pull {ref}: {exc.explanation or exc}")
             return None
 
-    def debian_base(self, suite: str = DEFAULT_SUITE, mirror: str | None = None) -> docker.models.images.Image:
+    def debian_base(self, suite: str = DEFAULT_SUITE, mirror: str | None = None, *,
+                    minimal: bool = False) -> docker.models.images.Image:
         """The offline base: debootstrap from a Debian archive (the host's own apt mirror unless
-        given), cached as a tarball and an image."""
-        tag = debian_base_tag(suite)
+        given), cached as a tarball and an image; with the user tools unless ``minimal``."""
+        tag = debian_base_tag(suite, minimal)
         image = self._local(tag)
         if image is not None:
             return image
-        tarball = self.cache_dir / f"debian-{suite}-{_arch()}.tar"
+        tarball = debian_base_tarball(self.cache_dir, suite, minimal)
         if not tarball.is_file():
-            self._debootstrap(suite, mirror or debian_mirror(suite), tarball)
+            self._debootstrap(suite, mirror or debian_mirror(suite), tarball, minimal=minimal)
         self.log(f"importing {tarball} as {tag}")
         repository, _, version = tag.partition(":")
         self.client.api.import_image_from_file(str(tarball), repository=repository, tag=version)
@@ -122,7 +136,7 @@ class ImageBuilder:
             raise ImageError(f"docker import of {tarball} did not produce {tag}")
         return image
 
-    def _debootstrap(self, suite: str, mirror: str, tarball: Path) -> None:
+    def _debootstrap(self, suite: str, mirror: str, tarball: Path, *, minimal: bool = False) -> None:
         if shutil.which("debootstrap") is None:
             raise ImageError("debootstrap is not installed: apt-get install debootstrap (needed for the offline base)")
         if os.geteuid() != 0:
@@ -131,7 +145,8 @@ class ImageBuilder:
         with tempfile.TemporaryDirectory(dir=self.cache_dir, prefix="rootfs-") as tmp:
             rootfs = Path(tmp) / "rootfs"
             self.log(f"debootstrap {suite} from {mirror} (about a minute)")
-            cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(DEBIAN_BASE_PACKAGES),
+            packages = DEBIAN_BASE_PACKAGES if minimal else DEBIAN_BASE_PACKAGES + USER_TOOLS
+            cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages),
                    suite, str(rootfs), mirror]
             proc = subprocess.run(cmd, capture_output=True, text=True)
             if proc.returncode != 0:
@@ -148,10 +163,13 @@ class ImageBuilder:
 
     # -- executor image -----------------------------------------------------------------
     def build(self, tag: str, *, base_image: str | None = None, offline: bool = False,
-              suite: str = DEFAULT_SUITE, mirror: str | None = None, force: bool = False) -> BuildResult:
-        """Build ``tag``. Base: ``base_image`` (pulled if missing), else the offline Debian base."""
+              suite: str = DEFAULT_SUITE, mirror: str | None = None, force: bool = False,
+              minimal: bool = False) -> BuildResult:
+        """Build ``tag``. Base: ``base_image`` (pulled if missing), else the offline Debian base.
+        With the user tools (USER_TOOLS) unless ``minimal``."""
+        tools = "" if minimal else " ".join(USER_TOOLS)
         if offline:
-            base = self.debian_base(suite, mirror)
+            base = self.debian_base(suite, mirror, minimal=minimal)
         else:
             ref = base_image or DEFAULT_BASE_IMAGE
             base = self.registry_base(ref)
@@ -159,9 +177,9 @@ class ImageBuilder:
                 if base_image:
                     raise ImageError(f"base image {ref} is not available locally and cannot be pulled")
                 self.log(f"falling back to the offline Debian base ({suite})")
-                base = self.debian_base(suite, mirror)
+                base = self.debian_base(suite, mirror, minimal=minimal)
         base_ref = base.tags[0] if base.tags else base.id
-        inputs = context_digest(self.context, base.id)
+        inputs = context_digest(self.context, base.id + "\0" + tools)
         existing = self._local(tag)
         if existing is not None and not force and existing.labels.get(LABEL_INPUTS) == inputs:
             self.log(f"{tag} is up to date")
@@ -169,7 +187,7 @@ class ImageBuilder:
         self.log(f"building {tag} from {base_ref}")
         try:
             image, _logs = self.client.images.build(
-                path=str(self.context), tag=tag, buildargs={"BASE_IMAGE": base_ref},
+                path=str(self.context), tag=tag, buildargs={"BASE_IMAGE": base_ref, "TOOLS": tools},
                 labels={LABEL_INPUTS: inputs}, rm=True, forcerm=True, pull=False, network_mode="host",
             )
         except docker.errors.BuildError as exc:

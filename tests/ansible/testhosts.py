@@ -179,12 +179,11 @@ def wheelhouse_archive(root: Path, pip: Path, python_version: str) -> Path:
 
 def offline_base_tarball(client: docker.DockerClient) -> Path:
     """The executor image's offline base, as `sandbox-host image build` caches it on the controller."""
-    from provisioning.image import ImageBuilder, default_cache_dir
+    from provisioning.image import DEFAULT_SUITE, ImageBuilder, debian_base_tarball, default_cache_dir
 
-    from provisioning.image import DEFAULT_SUITE
-
-    tarball = default_cache_dir() / f"debian-{DEFAULT_SUITE}-amd64.tar"
+    tarball = debian_base_tarball(default_cache_dir(), DEFAULT_SUITE)
     if not tarball.exists():
+        log("debootstrap of the executor image's offline base (about two minutes)")
         ImageBuilder(client, log=log)._debootstrap(DEFAULT_SUITE, debian_mirror(DEFAULT_SUITE), tarball)
     return tarball
 

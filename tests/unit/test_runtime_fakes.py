@@ -21,7 +21,7 @@ from provisioning.config import Settings
 from provisioning.credentials import mint, session_policy
 from provisioning.doctor import Doctor
 from provisioning.errors import SessionError, SessionExists
-from provisioning.image import ImageBuilder, context_digest
+from provisioning.image import USER_TOOLS, ImageBuilder, context_digest
 from provisioning.launcher import SessionManager
 from provisioning.mounts import HostMount, InContainerMount
 from provisioning.storage import SessionStorage
@@ -171,7 +171,7 @@ def test_doctor_decides_by_kind_without_an_engine() -> None:
 
 def test_image_build_is_skipped_when_its_inputs_match(tmp_path: Path) -> None:
     (tmp_path / "Dockerfile").write_text("FROM base\n")
-    digest = context_digest(tmp_path, "sha256:base")
+    digest = context_digest(tmp_path, "sha256:base\0" + " ".join(USER_TOOLS))
 
     class Image:
         def __init__(self, labels: dict[str, str]) -> None:
@@ -186,6 +186,7 @@ def test_image_build_is_skipped_when_its_inputs_match(tmp_path: Path) -> None:
 
         def build(self, **kwargs: Any) -> tuple[Image, list[Any]]:
             self.built += 1
+            self.buildargs = kwargs["buildargs"]
             return Image({}), []
 
     class Client:
@@ -197,8 +198,12 @@ def test_image_build_is_skipped_when_its_inputs_match(tmp_path: Path) -> None:
     builder.registry_base = lambda ref: base  # type: ignore[method-assign]
     result = builder.build("img:1", base_image="base")
     assert result.built is False and Client.images.built == 0
+    # The lean image is another input: built, with no tools asked of the Dockerfile.
+    assert builder.build("img:1", base_image="base", minimal=True).built is True
+    assert Client.images.buildargs == {"BASE_IMAGE": "x", "TOOLS": ""}
     (tmp_path / "Dockerfile").write_text("FROM base\nRUN true\n")
     assert builder.build("img:1", base_image="base").built is True
+    assert Client.images.buildargs["TOOLS"].split() == list(USER_TOOLS)
 
 
 def test_volume_options_are_checked_at_the_driver() -> None:
