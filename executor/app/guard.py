@@ -9,6 +9,11 @@ the standard library only (ctypes): it works in any image that has python3.
   mount API, bpf, perf_event_open, io_uring, keyrings, userfaultfd, module and kexec loading,
   file handles. Docker's profile keys on the container's capabilities; this one holds whatever
   the container was given (the in-container mount strategy gives it SYS_ADMIN).
+- Two answers a local disk would give that s3fs does not: ``truncate(2)`` (by path) answers
+  EOPNOTSUPP, because s3fs (1.90 to 1.95) leaves the file as it was and reports success, a silent
+  loss of what the caller asked (``ftruncate`` on an open file works, and is what the ``truncate``
+  command, sqlite and git use); ``chown`` to another user or group answers EPERM, as the kernel
+  does for any process without CAP_CHOWN (s3fs accepts it and pretends).
 """
 
 from __future__ import annotations
@@ -49,6 +54,11 @@ DENIED = {
     "swapoff": (168, 225), "quotactl": (179, 60), "name_to_handle_at": (303, 264),
     "open_by_handle_at": (304, 265), "syslog": (103, 116),
 }
+TRUNCATE = (76, 45)
+# name -> (x86_64, aarch64) number, and the index of the uid argument (gid follows it).
+CHOWNS = {"chown": ((92, None), 1), "lchown": ((94, None), 1), "fchown": ((93, 55), 1),
+          "fchownat": ((260, 54), 2)}
+UNCHANGED = 0xFFFFFFFF  # (uid_t) -1: leave the owner (or group) as it is
 CLONE = (56, 220)
 CLONE3 = (435, 435)
 UNSHARE = (272, 97)
@@ -63,8 +73,22 @@ def _insn(code: int, jt: int, jf: int, k: int) -> bytes:
     return struct.pack("HBBI", code, jt, jf, k)
 
 
-def program(machine: str | None = None) -> bytes:
-    """The BPF program for this machine's architecture (seccomp_data: nr at 0, arch at 4, args[0] at 16)."""
+def _chown_rule(number: int, uid_arg: int, uid: int, gid: int) -> list[bytes]:
+    """For syscall NUMBER: EPERM unless the new owner and group are unchanged or this process's own."""
+    eperm = RET_ERRNO | errno.EPERM
+    rule = [_insn(LD_W_ABS, 0, 0, 16 + 8 * uid_arg),
+            _insn(JEQ_K, 2, 0, UNCHANGED), _insn(JEQ_K, 1, 0, uid), _insn(RET_K, 0, 0, eperm),
+            _insn(LD_W_ABS, 0, 0, 16 + 8 * (uid_arg + 1)),
+            _insn(JEQ_K, 2, 0, UNCHANGED), _insn(JEQ_K, 1, 0, gid), _insn(RET_K, 0, 0, eperm),
+            _insn(RET_K, 0, 0, RET_ALLOW)]
+    return [_insn(JEQ_K, 0, len(rule), number), *rule]
+
+
+def program(machine: str | None = None, uid: int | None = None, gid: int | None = None) -> bytes:
+    """The BPF program for this machine's architecture (seccomp_data: nr at 0, arch at 4, args[0]
+    at 16), for a process of UID and GID (default: this one's)."""
+    uid = os.getuid() if uid is None else uid
+    gid = os.getgid() if gid is None else gid
     machine = machine or os.uname().machine
     if machine not in ARCHES:
         raise GuardError(f"no syscall filter for architecture {machine}: refusing to run user code unfiltered")
@@ -81,6 +105,10 @@ def program(machine: str | None = None) -> bytes:
     for numbers in DENIED.values():
         code += [_insn(JEQ_K, 0, 1, numbers[column]), _insn(RET_K, 0, 0, eperm)]
     code += [_insn(JEQ_K, 0, 1, CLONE3[column]), _insn(RET_K, 0, 0, enosys)]
+    code += [_insn(JEQ_K, 0, 1, TRUNCATE[column]), _insn(RET_K, 0, 0, RET_ERRNO | errno.EOPNOTSUPP)]
+    for numbers, uid_arg in CHOWNS.values():
+        if numbers[column] is not None:
+            code += _chown_rule(numbers[column], uid_arg, uid, gid)
     for numbers in (CLONE, UNSHARE):
         code += [
             _insn(JEQ_K, 0, 4, numbers[column]),

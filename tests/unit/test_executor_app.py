@@ -125,6 +125,49 @@ def test_guard_refuses_namespaces_and_kernel_surface() -> None:
     assert "Seccomp:\t2" in status
 
 
+TRUNCATE_CHOWN_PROBE = """
+import json, os, tempfile
+out = {}
+path = tempfile.mktemp()
+open(path, "w").write("hello world")
+def attempt(name, call):
+    try:
+        call()
+        out[name] = "ok"
+    except OSError as exc:
+        out[name] = errno.errorcode[exc.errno]
+import errno
+attempt("truncate by path", lambda: os.truncate(path, 4))
+with open(path, "r+") as f:
+    attempt("truncate by fd", lambda: f.truncate(4))
+attempt("chown to another uid", lambda: os.chown(path, 12345, -1))
+attempt("chown to another gid", lambda: os.chown(path, -1, 12345))
+attempt("fchown to another uid", lambda: os.fchown(os.open(path, os.O_RDONLY), 12345, -1))
+attempt("lchown to another uid", lambda: os.lchown(path, 12345, -1))
+attempt("chown unchanged", lambda: os.chown(path, -1, -1))
+attempt("chown to its own ids", lambda: os.chown(path, os.getuid(), os.getgid()))
+out["content"] = open(path).read()
+os.remove(path)
+print(json.dumps(out))
+"""
+
+
+def test_guard_refuses_truncate_by_path_and_chown_to_others() -> None:
+    """Where s3fs would silently not do what was asked (truncate by path) or pretend (chown to
+    someone else), user code gets the error instead, everywhere: here as root, whose chown the
+    kernel alone would allow."""
+    import json
+
+    code = f"import sys; sys.path.insert(0, {str(APP.parent)!r}); import guard; guard.apply(); exec(sys.stdin.read())"
+    guarded = subprocess.run([sys.executable, "-c", code], input=TRUNCATE_CHOWN_PROBE, capture_output=True, text=True,
+                             timeout=30)
+    assert guarded.returncode == 0, guarded.stderr
+    assert json.loads(guarded.stdout) == {
+        "truncate by path": "ENOTSUP", "truncate by fd": "ok", "chown to another uid": "EPERM",
+        "chown to another gid": "EPERM", "fchown to another uid": "EPERM", "lchown to another uid": "EPERM",
+        "chown unchanged": "ok", "chown to its own ids": "ok", "content": "hell"}
+
+
 def test_client_refuses_a_socket_outside_the_container(tmp_path: Path) -> None:
     """A socket swapped in by user code (e.g. a link to the Docker socket) is refused before any byte is sent."""
     received: list[bytes] = []

@@ -28,3 +28,8 @@ def test_cache_holds_the_seeded_base(host) -> None:
     assert host.file("/var/cache/sandbox-host").is_directory
     assert any(name.startswith("debian-") and name.endswith(".tar")
                for name in host.file("/var/cache/sandbox-host").listdir())
+
+
+def test_image_carries_the_user_tools(host) -> None:
+    for tool in ("git --version", "sqlite3 --version", "curl --version", "ps --version"):
+        assert host.run(f"docker run --rm --network none {IMAGE} {tool}").rc == 0, tool
