@@ -102,7 +102,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
     from .hostinfo import docker_client
     from .image import ImageBuilder
 
-    builder = ImageBuilder(docker_client(timeout=1800), log=log)
+    builder = ImageBuilder(docker_client(timeout=1800), log=log, progress=not args.json and sys.stderr.isatty())
     result = builder.build(
         settings.image, base_image=args.base_image, offline=args.offline,
         suite=args.suite, mirror=args.mirror, force=args.force, minimal=args.minimal,

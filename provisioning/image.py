@@ -93,11 +93,13 @@ def context_digest(context: Path, base_id: str) -> str:
 
 class ImageBuilder:
     def __init__(self, client: docker.DockerClient, *, context: Path = CONTEXT_DIR,
-                 cache_dir: Path | None = None, log: Callable[[str], None] = lambda _m: None) -> None:
+                 cache_dir: Path | None = None, log: Callable[[str], None] = lambda _m: None,
+                 progress: bool = False) -> None:
         self.client = client
         self.context = context
         self.cache_dir = cache_dir or default_cache_dir()
         self.log = log
+        self.progress = progress  # pass on debootstrap's steps as they happen (a terminal watches)
 
     # -- base images --------------------------------------------------------------------
     def _local(self, ref: str) -> docker.models.images.Image | None:
@@ -148,9 +150,16 @@ class ImageBuilder:
             packages = DEBIAN_BASE_PACKAGES if minimal else DEBIAN_BASE_PACKAGES + USER_TOOLS
             cmd = ["debootstrap", "--variant=minbase", "--include=" + ",".join(packages),
                    suite, str(rootfs), mirror]
-            proc = subprocess.run(cmd, capture_output=True, text=True)
+            lines: list[str] = []
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    lines.append(line.rstrip())
+                    if self.progress and line.startswith(("I: Retrieving", "I: Extracting", "I: Installing",
+                                                          "I: Configuring", "I: Base system")):
+                        self.log(f"debootstrap: {line[3:].strip()}")
             if proc.returncode != 0:
-                tail = (proc.stdout + proc.stderr).strip().splitlines()[-3:]
+                tail = lines[-3:]
                 raise ImageError(f"debootstrap {suite} from {mirror} failed: {' | '.join(tail)}")
             for rel in _SLIM_PATHS:
                 target = rootfs / rel

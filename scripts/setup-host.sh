@@ -43,5 +43,20 @@ PY
 fi
 
 log "converging this machine: ansible-playbook -i scripts/local.inventory playbooks/site.yml"
-ANSIBLE_CONFIG="$PWD/ansible.cfg" .venv/bin/ansible-playbook -i scripts/local.inventory \
-    -e "@$secrets" playbooks/site.yml
+converge() {
+    ANSIBLE_CONFIG="$PWD/ansible.cfg" .venv/bin/ansible-playbook -i scripts/local.inventory \
+        -e "@$secrets" playbooks/site.yml
+}
+if [ -t 2 ]; then
+    converge    # on a terminal: every task as it runs
+else
+    # CI and logs: the recap only (the whole run in a file; its end on failure).
+    converge_log=/var/log/sandbox-host-setup.log
+    started=$(date +%s)
+    if ! converge >"$converge_log" 2>&1; then
+        tail -n 80 "$converge_log" >&2
+        log "the converge failed; the whole run is in $converge_log"
+        exit 1
+    fi
+    log "converged in $(( $(date +%s) - started ))s: $(grep -A1 '^PLAY RECAP' "$converge_log" | tail -n 1 | tr -s ' ')"
+fi
