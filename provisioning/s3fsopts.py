@@ -37,7 +37,8 @@ def s3fs_mount(settings: ValidSettings, session_id: SessionId, mountpoint: str, 
         "allow_other",
         f"uid={uid}",
         f"gid={gid}",
-        "umask=0077",
+        # Modes are the objects' own (chmod sticks; an object put from outside reads 0640, a
+        # directory 0750); the mount point stays the session's alone.
         "mp_umask=0077",
         f"tmpdir={tmpdir}",
         # s3fs stages data in tmpdir; keep headroom there instead of failing writes.

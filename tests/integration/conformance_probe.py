@@ -171,6 +171,11 @@ def _():
     return modes
 
 
+@check("workspace root mode")
+def _():
+    return oct(os.stat("/workspace").st_mode & 0o777)
+
+
 @check("chown to root")
 def _():
     write("o", b"")

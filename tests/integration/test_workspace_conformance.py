@@ -32,6 +32,7 @@ LOCAL_DISK = {
     "symlink": ["target", "via link"],
     "utime": 1000000000,
     "chmod and stat": ["0o640", "0o755", "0o600", "0o750"],
+    "workspace root mode": "0o750",  # the session's own uid, and its gid, which no one else has
     "chown to root": "EPERM",
     "owner is the session's uid": True,
     "large file": True,
@@ -50,8 +51,6 @@ LIMITATIONS: dict[str, object] = {
     # s3fs 1.90-1.95 would leave the file untouched and report success: the executor's syscall
     # filter refuses truncate(2) instead (ftruncate, on an open file, works: "truncate by fd").
     "truncate by path": "OSError: [Errno 95] Operation not supported: 't1'",
-    # The mount's umask: every file and directory reads 0700, whatever chmod set.
-    "chmod and stat": ["0o700", "0o700", "0o700", "0o700"],
     # A directory that exists only as the prefix of a key put from outside: s3fs shows a 1969 mtime.
     "directory made only by a key below it": False,
 }
