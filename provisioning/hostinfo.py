@@ -6,11 +6,16 @@ import os
 import shutil
 from pathlib import Path
 
-import docker
-import docker.errors
+from typing import TYPE_CHECKING
 
 from . import facts
 from .errors import UnreachableError
+from .lazy import lazy_import
+
+if TYPE_CHECKING:
+    import docker
+else:
+    docker = lazy_import("docker")  # loaded when a client is made, not by exec's path
 
 
 class DockerUnavailable(UnreachableError):

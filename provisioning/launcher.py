@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-import docker
 
 from . import validation
 from .backends import Backend, SessionInfo, SessionSpec, backend_for
@@ -16,6 +15,8 @@ from .executor_client import ExecResult
 from .mounts import MountStrategy, strategy_for
 
 if TYPE_CHECKING:
+    import docker
+
     from .storage import SessionStorage
 
 __all__ = ["SessionError", "SessionExists", "SessionInfo", "SessionManager", "SessionNotFound"]

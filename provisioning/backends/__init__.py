@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import docker
+from typing import TYPE_CHECKING
 
 from ..config import ValidSettings
 from .base import Backend, SessionInfo, SessionSpec
+
+if TYPE_CHECKING:
+    import docker
 
 __all__ = ["Backend", "SessionInfo", "SessionSpec", "backend_for"]
 

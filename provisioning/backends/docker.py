@@ -10,22 +10,26 @@ import socket
 import time
 from pathlib import Path
 
-import docker
-import docker.errors
-from docker.models.containers import Container
-from docker.types import DriverConfig, LogConfig, Mount
+from typing import TYPE_CHECKING, Any
 
-from .. import facts
+from .. import engine, facts
 from ..config import ValidSettings
 from ..errors import ImageMissing, SandboxHostError, SessionError, SessionExists, SessionNotFound
 from ..executor_client import ExecutorClient, ExecutorError
 from ..hostinfo import docker_client
+from ..lazy import lazy_import
 from ..mounts import BootFile, VolumeSpec
 from ..procs import ProcessRef, in_container
 from ..resources import executor_app_dir
 from ..uids import UidLeases
 from ..validation import SessionId
 from .base import SessionInfo, SessionSpec
+
+if TYPE_CHECKING:
+    import docker
+    from docker.models.containers import Container
+else:
+    docker = lazy_import("docker")  # exec and health never load the SDK (see engine.py)
 
 ENTRYPOINT_ERROR_MARK = "]: error: "
 PEER_FILE = "executor.peer"  # in the session's root-only boot directory: which process is its executor
@@ -77,10 +81,14 @@ class DockerBackend:
         return container
 
     def _info(self, container: Container, launch_seconds: float | None = None) -> SessionInfo:
-        labels = container.labels
+        return self._info_from(container.attrs, launch_seconds)
+
+    def _info_from(self, attrs: dict[str, Any], launch_seconds: float | None = None) -> SessionInfo:
+        """A session's state from its container's inspect data."""
+        labels = attrs.get("Config", {}).get("Labels") or {}
         sid = labels[facts.LABEL_SESSION]
-        state = container.attrs.get("State", {})
-        status, detail = container.status, ""
+        state = attrs.get("State", {})
+        status, detail = str(state.get("Status", "")), ""
         if status in ("exited", "dead"):
             code = int(state.get("ExitCode", -1))
             if code == facts.EXIT_WORKSPACE_LOST:
@@ -89,11 +97,11 @@ class DockerBackend:
                 detail = f"exit status {code}"
         return SessionInfo(
             session_id=sid,
-            container_id=container.id,
-            container_name=container.name,
+            container_id=str(attrs.get("Id", "")),
+            container_name=str(attrs.get("Name", "")).lstrip("/"),
             status=status,
-            image=str(container.attrs.get("Config", {}).get("Image", "")),
-            network=str(container.attrs.get("HostConfig", {}).get("NetworkMode", "")),
+            image=str(attrs.get("Config", {}).get("Image", "")),
+            network=str(attrs.get("HostConfig", {}).get("NetworkMode", "")),
             bucket=labels.get(facts.LABEL_BUCKET, ""),
             prefix=f"{facts.session_prefix(sid)}/",
             mount=labels.get(facts.LABEL_STRATEGY, ""),
@@ -114,16 +122,30 @@ class DockerBackend:
         return sorted((self._info(c) for c in own), key=lambda s: s.session_id)
 
     def executor(self, session_id: SessionId) -> ExecutorClient:
-        container = self._get(session_id)
-        if container.status != "running":
-            info = self._info(container)
+        attrs = self._inspect(session_id)
+        info = self._info_from(attrs)
+        if info.status != "running":
             raise SessionError(f"session {session_id} is not running ({info.status}"
                                f"{': ' + info.detail if info.detail else ''})")
-        return self._client_for(container)
+        return self._client_for(attrs["Config"]["Labels"], info.container_id)
+
+    def _inspect(self, session_id: SessionId) -> dict[str, Any]:
+        """The session's container's inspect data: read over the local engine's socket directly
+        when no client was given (exec and health, the hot path), else through the SDK."""
+        socket_path = engine.local_socket() if self._client is None else None
+        if socket_path is None:
+            return self._get(session_id).attrs
+        attrs = engine.inspect_container(facts.container_name(session_id), socket_path)
+        if attrs is None:
+            raise SessionNotFound(f"no session {session_id}; list sessions with 'sandbox-host session list'")
+        labels = attrs.get("Config", {}).get("Labels") or {}
+        if labels.get(facts.LABEL_SESSION) != session_id:
+            raise SessionError(f"container {facts.container_name(session_id)} exists but is not a sandbox-host "
+                               "session; remove or rename it")
+        return attrs
 
     @staticmethod
-    def _client_for(container: Container) -> ExecutorClient:
-        labels = container.labels
+    def _client_for(labels: dict[str, str], container_id: str) -> ExecutorClient:
         boot = labels.get(facts.LABEL_BOOT, "")
         expected = None
         if boot:
@@ -134,7 +156,7 @@ class DockerBackend:
         if expected is None:
             raise SessionError(f"session {labels.get(facts.LABEL_SESSION)} has no recorded executor; "
                                "it did not finish starting: stop it and create it again")
-        return ExecutorClient(Path(labels[facts.LABEL_CONTROL]), container.id, expected)
+        return ExecutorClient(Path(labels[facts.LABEL_CONTROL]), container_id, expected)
 
     # -- launch ---------------------------------------------------------------------------------
     def _prepare_dirs(self, spec: SessionSpec) -> tuple[Path, Path]:
@@ -180,6 +202,8 @@ class DockerBackend:
             pass  # still in use by a container being removed; `stop` removes it again
 
     def _create_container(self, spec: SessionSpec, control: Path, boot: Path) -> Container:
+        from docker.types import DriverConfig, LogConfig, Mount
+
         settings, plan, sid = spec.settings, spec.plan, spec.session_id
         labels = {
             facts.LABEL_MANAGED: "true",
