@@ -1,0 +1,146 @@
+"""Small-file and metadata-heavy work in /workspace against a local directory of the same session
+(its /tmp), for s3fs option sets, on the host converged by the main job (its config and object
+store). For each option set: each workload's seconds in the workspace and locally, the ratio, and
+durability (a `stop` right after the writes: every file is in S3).
+
+    .venv/bin/python -m bench.smallfiles [--out DIR]
+
+Writes smallfiles.json and smallfiles.md to docs/benchmarks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from provisioning import SessionManager, SessionStorage, config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+OPTION_SETS: dict[str, dict[str, object]] = {
+    "default": {},
+    "stat cache 15 min + noobj cache": {"stat_cache_expire": 900, "max_stat_cache_size": 100000,
+                                        "enable_noobj_cache": True},
+    "caches + multireq_max 64 + parallel_count 16": {"stat_cache_expire": 900, "max_stat_cache_size": 100000,
+                                                     "enable_noobj_cache": True, "multireq_max": 64,
+                                                     "parallel_count": 16},
+}
+
+# Run in the session, once in /workspace/run and once in /tmp/run; prints {workload: seconds}.
+PROBE = r'''
+import json, os, sqlite3, subprocess, sys, tarfile, time
+base = sys.argv[1]
+os.makedirs(base, exist_ok=True)
+out = {}
+def timed(name, fn):
+    t = time.perf_counter(); fn(); out[name] = round(time.perf_counter() - t, 4)
+if not os.path.exists("/tmp/files.tar"):
+    with tarfile.open("/tmp/files.tar", "w") as tar:
+        os.makedirs("/tmp/src/d", exist_ok=True)
+        for i in range(2000):
+            p = f"/tmp/src/d/f{i:04}.txt"
+            open(p, "w").write("x" * 140)
+        tar.add("/tmp/src/d", arcname="d")
+timed("tar -xf 2,000 files of 140 B", lambda: subprocess.run(["tar", "-xf", "/tmp/files.tar", "-C", base], check=True))
+def create():
+    os.makedirs(f"{base}/c")
+    for i in range(500):
+        with open(f"{base}/c/{i}", "w") as f:
+            f.write("y")
+timed("create 500 files", create)
+def append():
+    for i in range(500):
+        with open(f"{base}/log", "a") as f:
+            f.write(f"line {i}\n")
+timed("500 open-append-close", append)
+timed("rename a directory of 500 files", lambda: os.rename(f"{base}/c", f"{base}/c2"))
+def sql():
+    db = sqlite3.connect(f"{base}/db.sqlite")
+    db.execute("create table t (x)")
+    for i in range(200):
+        db.execute("insert into t values (?)", (i,)); db.commit()
+    db.close()
+timed("200 SQLite autocommits", sql)
+def git():
+    env = dict(os.environ, HOME="/tmp", GIT_AUTHOR_NAME="u", GIT_AUTHOR_EMAIL="u@x", GIT_COMMITTER_NAME="u",
+               GIT_COMMITTER_EMAIL="u@x")
+    os.makedirs(f"{base}/repo")
+    run = lambda *a: subprocess.run(["git", *a], cwd=f"{base}/repo", env=env, check=True, capture_output=True)
+    run("init", "-q")
+    for i in range(20):
+        open(f"{base}/repo/f{i}", "w").write(str(i))
+    run("add", "."); run("commit", "-qm", "1")
+    for i in range(20):
+        open(f"{base}/repo/f{i}", "a").write("!")
+    run("commit", "-qam", "2")
+timed("git init + 2 commits of 20 files", git)
+block = os.urandom(1 << 20)
+def write50():
+    with open(f"{base}/big", "wb") as f:
+        for _ in range(50):
+            f.write(block)
+timed("write 50 MB", write50)
+timed("read 50 MB", lambda: open(f"{base}/big", "rb").read())
+print(json.dumps(out))
+'''
+
+
+def run_set(name: str, options: dict[str, object]) -> dict[str, Any]:
+    settings = config.load({"s3fs_options": options, "network": "none", "memory": "1g", "tmp_size": "300m"})
+    manager, storage = SessionManager(settings), SessionStorage(settings.validated())
+    sid = "sf" + uuid.uuid4().hex[:10]
+    manager.create(sid)
+    try:
+        results = {}
+        for where, path in (("workspace", "/workspace/run"), ("local", "/tmp/run")):
+            r = manager.exec(sid, argv=["python3", "-c", PROBE, path], timeout=1800)
+            if r.exit_code != 0:
+                raise RuntimeError(f"{name} {where}: {r.stderr.decode()[-2000:]}")
+            results[where] = json.loads(r.stdout)
+    finally:
+        manager.stop(sid)
+    # Durability: stopped right after the writes, every file is in S3.
+    pages = storage.client.get_paginator("list_objects_v2").paginate(
+        Bucket=settings.bucket, Prefix=f"sessions/{sid}/run/d/")
+    landed = sum(len(page.get("Contents", [])) for page in pages)
+    rows = {w: {"workspace_s": results["workspace"][w], "local_s": results["local"][w],
+                "ratio": round(results["workspace"][w] / max(results["local"][w], 1e-4), 1)}
+            for w in results["workspace"]}
+    return {"options": options, "workloads": rows, "tar_files_in_s3_after_stop": landed}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
+    args = parser.parse_args(argv)
+    result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "sets": {}}
+    for name, options in OPTION_SETS.items():
+        print(f"smallfiles: {name} ...", file=sys.stderr, flush=True)
+        result["sets"][name] = run_set(name, options)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "smallfiles.json").write_text(json.dumps(result, indent=2) + "\n")
+    lines = [f"# Small files in /workspace ({result['date']})", "",
+             "Host strategy, s3fs, on the main job's host (2 cores; the embedded endpoint on 127.0.0.1). Each "
+             "workload runs in /workspace and in the same session's /tmp (tmpfs, the local baseline); one run each. "
+             "Durability: the session is stopped right after the writes, then the 2,000 extracted files are "
+             "counted in S3.", ""]
+    for name, data in result["sets"].items():
+        lines += [f"## {name}", "", f"s3fs options: `{json.dumps(data['options'])}`; after stop, "
+                  f"{data['tar_files_in_s3_after_stop']} of 2,000 extracted files in S3.", "",
+                  "| workload | /workspace (s) | local (s) | ratio |", "|---|---|---|---|"]
+        for workload, row in data["workloads"].items():
+            lines.append(f"| {workload} | {row['workspace_s']} | {row['local_s']} | {row['ratio']}x |")
+        lines.append("")
+    (out / "smallfiles.md").write_text("\n".join(lines))
+    print(json.dumps({n: {w: r["ratio"] for w, r in d["workloads"].items()} for n, d in result["sets"].items()}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
