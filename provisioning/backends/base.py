@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, Protocol
 
 from ..config import ValidSettings
+from ..errors import SessionError
 from ..executor_client import ExecResult
 from ..mounts import WorkspacePlan
 from ..validation import SessionId
@@ -38,6 +39,12 @@ class SessionInfo:
     node: str
     detail: str = ""
     launch_seconds: float | None = None
+
+    def require_running(self) -> None:
+        """Refuse to reach the executor of a session that is not running, saying why."""
+        if self.status != "running":
+            raise SessionError(f"session {self.session_id} is not running ({self.status}"
+                               f"{': ' + self.detail if self.detail else ''})")
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)

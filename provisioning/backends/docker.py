@@ -124,9 +124,7 @@ class DockerBackend:
     def executor(self, session_id: SessionId) -> ExecutorClient:
         attrs = self._inspect(session_id)
         info = self._info_from(attrs)
-        if info.status != "running":
-            raise SessionError(f"session {session_id} is not running ({info.status}"
-                               f"{': ' + info.detail if info.detail else ''})")
+        info.require_running()
         return self._client_for(attrs["Config"]["Labels"], info.container_id)
 
     def _inspect(self, session_id: SessionId) -> dict[str, Any]:

@@ -263,9 +263,7 @@ class SwarmBackend:
     def executor(self, session_id: SessionId) -> RemoteExecutor:
         service = self._service(session_id)
         info = self._info(service)
-        if info.status != "running":
-            raise SessionError(f"session {session_id} is not running ({info.status}"
-                               f"{': ' + info.detail if info.detail else ''})")
+        info.require_running()
         task = self._task(service)
         assert task is not None
         return self._remote(session_id, self.client.api.inspect_node(task["NodeID"]))
