@@ -36,7 +36,8 @@ def session_policy(bucket: str, session_id: SessionId) -> dict[str, Any]:
     """Objects under ``sessions/<id>/`` (and the key ``sessions/<id>`` itself), and listings
     whose prefix lies there. Nothing else: not the bucket root, not another session. A listing
     prefix must include the trailing '/': ``sessions/ab`` would also list the key names of
-    ``sessions/abc/`` (seen on Ceph RGW)."""
+    ``sessions/abc/`` (seen on Ceph RGW). An object may be written with the canned ACL
+    ``private`` (what it has anyway; rclone 1.60 always sends it) and no other ACL or grant."""
     prefix = facts.session_prefix(session_id)
     return {
         "Version": "2012-10-17",
@@ -45,6 +46,14 @@ def session_policy(bucket: str, session_id: SessionId) -> dict[str, Any]:
                 "Effect": "Allow",
                 "Action": list(OBJECT_ACTIONS),
                 "Resource": [f"arn:aws:s3:::{bucket}/{prefix}", f"arn:aws:s3:::{bucket}/{prefix}/*"],
+            },
+            {
+                "Effect": "Allow",
+                "Action": ["s3:PutObjectAcl"],
+                "Resource": [f"arn:aws:s3:::{bucket}/{prefix}/*"],
+                "Condition": {"StringEquals": {"s3:x-amz-acl": "private"},
+                              "Null": {f"s3:x-amz-grant-{grant}": "true"
+                                       for grant in ("full-control", "read", "read-acp", "write", "write-acp")}},
             },
             {
                 "Effect": "Allow",

@@ -7,8 +7,8 @@ s3fs's requests), so this module verifies every request before moto sees it:
 * **Authentication** (:class:`SigV4Verifier`): SigV4 in the Authorization header only
   (presigned URLs are refused: nothing in the project uses them), with ``host`` and every
   ``x-amz-*`` header signed, and the payload's SHA-256 checked against the body it signs
-  (``UNSIGNED-PAYLOAD`` and aws-chunked streaming are refused: boto3 and s3fs sign the
-  payload over http). The body is read (bounded) and buffered before moto gets it.
+  (``UNSIGNED-PAYLOAD`` is accepted, as S3 does: rclone uploads so; aws-chunked streaming is
+  refused: boto3, s3fs and rclone send bodies whole). The body is read (bounded) and buffered before moto gets it.
 * **STS AssumeRole** at ``POST /`` (service ``sts``), for the root key pair only: temporary
   credentials, kept in memory with their session policy and expiry, that need their
   ``x-amz-security-token``.
@@ -453,7 +453,7 @@ class SigV4Verifier:
         body = read_body(environ, self.max_body_bytes)
         try:
             claimed = headers["x-amz-content-sha256"].lower()
-            if claimed != body.sha256:
+            if claimed != "unsigned-payload" and claimed != body.sha256:
                 raise AuthError("XAmzContentSHA256Mismatch",
                                 "The provided 'x-amz-content-sha256' header does not match what was computed.")
             if principal.policy is not None and s3policy.needs_body(request):
@@ -600,8 +600,7 @@ def _payload_hash(service: str, claimed: str | None, computed: str | None) -> st
     if claimed is None:
         raise AuthError("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
     if claimed == "UNSIGNED-PAYLOAD":
-        raise AuthError("InvalidRequest", "x-amz-content-sha256: UNSIGNED-PAYLOAD is not accepted by this endpoint: "
-                                          "sign the payload's SHA-256")
+        return claimed  # as S3 does: the signature covers the headers, not the body (rclone uploads so)
     if claimed.startswith("STREAMING-"):
         raise AuthError("InvalidRequest", f"x-amz-content-sha256: {claimed} (aws-chunked streaming) is not accepted "
                                           "by this endpoint: send the body whole and sign its SHA-256")

@@ -276,6 +276,22 @@ def test_the_example_session_policy() -> None:
     assert authorize(policy, own) is None
 
 
+def test_the_session_policy_allows_the_private_canned_acl_only() -> None:
+    """rclone sends x-amz-acl: private with every upload: that, and nothing wider, is allowed."""
+    policy = parse_policy(example_policy("A"))
+    key = "/sandbox-sessions/sessions/A/f"
+    assert authorize(policy, required_permissions(req("PUT", key, x_amz_acl="private"))) is None
+    refused = [
+        req("PUT", key, x_amz_acl="public-read"),
+        req("PUT", key, x_amz_acl="private", x_amz_grant_read="uri=http://acs.amazonaws.com/groups/global/AllUsers"),
+        req("PUT", key, x_amz_grant_full_control="id=someone"),
+        req("PUT", key + "?acl"),  # an ACL in the body
+        req("PUT", "/sandbox-sessions/sessions/B/f", x_amz_acl="private"),
+    ]
+    for request in refused:
+        assert authorize(policy, required_permissions(request)) is not None, request
+
+
 def test_no_policy_allows_everything() -> None:
     assert authorize(None, required_permissions(req("DELETE", "/any-bucket"))) is None
 
@@ -452,7 +468,7 @@ def test_malformed_policies_name_the_cause(text: str, cause: str) -> None:
 def test_policy_shapes_that_are_accepted() -> None:
     single = parse_policy('{"Statement":{"Effect":"Allow","Action":"s3:GetObject","Resource":"*"}}')
     assert len(single.statements) == 1
-    assert len(parse_policy(example_policy()).statements) == 2
+    assert len(parse_policy(example_policy()).statements) == 3
     assert len(example_policy("some-session-id-0123456789")) < 2048
 
 
