@@ -37,6 +37,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "image": args.image,
         "network": getattr(args, "network", None),
         "mount": getattr(args, "mount", None),
+        "mounter": getattr(args, "mounter", None),
         "state_dir": args.state_dir,
         "memory": getattr(args, "memory", None),
         "cpus": getattr(args, "cpus", None),
@@ -118,7 +119,12 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 # -- sessions ------------------------------------------------------------------------------
 def cmd_session_create(args: argparse.Namespace) -> int:
-    info = _manager(args).create(args.session_id)
+    manager = _manager(args)
+    if args.s3fs_option and manager.settings.mount == "host":
+        print("sandbox-host: error: --s3fs-option applies to --mount in-container; host mounts take the volume "
+              "service's s3fs_options (config.toml on the host, then restart sandbox-host-volumes)", file=sys.stderr)
+        return EXIT_USAGE
+    info = manager.create(args.session_id)
     if args.json:
         print(json.dumps(info.to_json(), sort_keys=True))
     else:
@@ -326,11 +332,14 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--network", help="bridge (default), host or none (env SANDBOX_NETWORK)")
     create.add_argument("--mount", help="host (default: s3fs on the host, no capability in the container) "
                         "or in-container (env SANDBOX_MOUNT)")
+    create.add_argument("--mounter", help="with --mount host: s3fs (default) or rclone (write-back cache on "
+                        "host disk; env SANDBOX_MOUNTER)")
     create.add_argument("--memory", help="memory limit, e.g. 1g")
     create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     create.add_argument("--pids-limit", type=int, help="process limit")
     create.add_argument("--s3fs-option", action="append", metavar="NAME[=VALUE]",
-                        help="extra s3fs option from the allow-list (repeatable)")
+                        help="extra s3fs option from the allow-list (repeatable; --mount in-container only: "
+                        "the volume service's s3fs_options apply to host mounts)")
     create.set_defaults(func=cmd_session_create)
 
     run = session.add_parser("exec", parents=[common], help="run a command in the session as the sandbox user")

@@ -51,6 +51,9 @@ class Settings:
     # How /workspace is mounted: "host" (s3fs on the host, through the sandbox-host volume
     # driver; the container holds no capability) or "in-container" (s3fs inside the container).
     mount: str = "host"
+    # What mounts it on the host (host strategy): "s3fs" (every close uploads) or "rclone"
+    # (rclone mount with a write-back cache on host disk: fast small files; see the README).
+    mounter: str = "s3fs"
     backend: str = "docker"
     volume_driver: str = facts.VOLUME_DRIVER
     uid_range: tuple[int, int] = facts.UID_RANGE
@@ -98,6 +101,7 @@ class Settings:
             network=validation.network(self.network),
             state_dir=validation.state_dir(self.state_dir),
             mount=validation.choice("mount", self.mount, MOUNT_STRATEGIES),
+            mounter=validation.choice("mounter", self.mounter, facts.MOUNTERS),
             backend=validation.choice("backend", self.backend, BACKENDS),
             volume_driver=validation.plugin_name(self.volume_driver),
             uid_range=validation.uid_range(self.uid_range),

@@ -400,8 +400,28 @@ class DockerBackend:
             container.stop(timeout=timeout)
         result = container.wait(timeout=timeout + 30)
         code = int(result.get("StatusCode", -1))
+        undrained = _undrained(session_id, container.labels)
         self._remove_session(container)
+        if undrained:
+            raise SessionError(f"session {session_id} stopped, but not all of its writes reached S3: {undrained}")
         return code
+
+
+def _undrained(session_id: SessionId, labels: dict[str, str]) -> str:
+    """Host strategy: wait until the volume driver has drained and unmounted the workspace (a
+    mounter that writes back, rclone, uploads what is pending first); what did not reach S3."""
+    if not labels.get(facts.LABEL_VOLUME):
+        return ""
+    from ..volumed.client import call
+
+    try:
+        answer = call(labels.get(facts.LABEL_DRIVER, ""), "SandboxHost.Released",
+                      {"Session": session_id, "Timeout": facts.DRAIN_TIMEOUT + 30}, timeout=facts.DRAIN_TIMEOUT + 60)
+    except SandboxHostError as exc:
+        return str(exc)
+    if not answer.get("Released"):
+        return f"the volume driver did not release the workspace in {facts.DRAIN_TIMEOUT + 30:g}s"
+    return "; ".join(map(str, answer.get("Undrained") or []))
 
 
 def _volume_failure(driver: str, volume: str) -> str:

@@ -295,11 +295,14 @@ class SwarmBackend:
         return code
 
     def _wait_released(self, sid: SessionId, node: dict[str, Any], timeout: int) -> None:
-        """Until the node's driver has unmounted the workspace (s3fs exited: every write is in S3)."""
+        """Until the node's driver has unmounted the workspace (drained: every write is in S3)."""
         remote = self._remote(sid, node)
         deadline = time.monotonic() + timeout + 120
         while time.monotonic() < deadline:
-            status, _body, _peer = remote.request("GET", "/released", timeout=40)
+            status, body, _peer = remote.request("GET", "/released", timeout=40)
+            if status == 200 and body.get("undrained"):
+                raise SessionError(f"session {sid} stopped, but not all of its writes reached S3: "
+                                   f"{'; '.join(map(str, body['undrained']))}")
             if status == 200:
                 return
         raise SessionError(f"node {node.get('Description', {}).get('Hostname', '?')} did not release session "

@@ -1,4 +1,4 @@
-"""The host strategy (the default): s3fs runs on the host, started by the sandbox-host volume
+"""The host strategy (the default): s3fs (or rclone, ``mounter``) runs on the host, started by the sandbox-host volume
 driver (provisioning.volumed) with credentials scoped to the session's prefix, and Docker
 binds the mount into a container that holds no capability and no device."""
 
@@ -27,7 +27,7 @@ class HostMount:
         volume = VolumeSpec(
             name=facts.volume_name(session_id, uid),
             driver=settings.volume_driver,
-            options={"session": session_id, "uid": str(uid), "gid": str(uid)},
+            options={"session": session_id, "uid": str(uid), "gid": str(uid), "mounter": settings.mounter},
             target=facts.MOUNTPOINT,
         )
         return WorkspacePlan(user=f"{uid}:{uid}", entrypoint=executor_command(), volume=volume)

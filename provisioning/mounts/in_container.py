@@ -43,6 +43,11 @@ class InContainerMount:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=2, thread_name_prefix="in-container")
 
     def check(self, settings: ValidSettings) -> None:
+        if settings.mounter != "s3fs":
+            raise StrategyError(
+                f"mounter {settings.mounter!r} works with mount = host only; the in-container mount "
+                "runs the image's s3fs (set mounter = s3fs, or mount = host)"
+            )
         if settings.network == "none":
             raise StrategyError(
                 "network 'none' cannot work with the in-container mount: s3fs inside the "

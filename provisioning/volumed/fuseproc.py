@@ -1,6 +1,6 @@
-"""One s3fs process per session on the host: start it, see its mount appear, stop it so that
-every write reaches S3, and watch it (also after the service restarted: by pidfd, not by
-being its parent)."""
+"""One mounter process (s3fs or rclone) per session on the host: start it, see its mount
+appear, unmount it, and watch it (also after the service restarted: by pidfd, not by being its
+parent). What each mounter runs, and how it gets its writes to S3, is in ``mounters``."""
 
 from __future__ import annotations
 
@@ -12,10 +12,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from ..config import Credentials
 from ..errors import SandboxHostError
 from ..procs import ProcessRef
-from ..s3fsopts import S3fsMount
 from .staging import is_mounted
 
 
@@ -32,21 +30,18 @@ def log_tail(log: Path, lines: int = 1) -> str:
     return " | ".join(useful[-lines:])
 
 
-def start(mount: S3fsMount, credentials: Credentials, log: Path, binary: str = "s3fs") -> subprocess.Popen[bytes]:
-    """s3fs in the foreground, in a session of its own (a restart of the service does not take
-    it along), credentials in its environment only (a root process's environ is root's alone)."""
-    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin",
-           "AWS_ACCESS_KEY_ID": credentials.access_key,
-           "AWS_SECRET_ACCESS_KEY": credentials.secret_key}
-    if credentials.session_token:
-        env["AWS_SESSION_TOKEN"] = credentials.session_token
+def start(argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """The mounter in the foreground, in a session of its own (a restart of the service does not
+    take it along), credentials in its environment only (a root process's environ is root's alone)."""
+    env = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **secrets_env}
     log.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(log, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
     try:
-        return subprocess.Popen(mount.argv(binary), env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
+        return subprocess.Popen(argv, env=env, stdin=subprocess.DEVNULL, stdout=fd, stderr=fd,
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
-        raise MountError(f"cannot start {binary}: {exc.strerror}; install s3fs (playbooks/s3fs.yml)") from None
+        raise MountError(f"cannot start {argv[0]}: {exc.strerror}; install it (playbooks/s3fs.yml installs "
+                         "s3fs, and rclone where sandbox_host_mounter is rclone)") from None
     finally:
         os.close(fd)
 
@@ -56,9 +51,9 @@ def wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, tim
     delay = 0.001
     while not is_mounted(mountpoint):
         if proc.poll() is not None:
-            raise MountError(f"s3fs exited (status {proc.returncode}) before mounting: {log_tail(log)}")
+            raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) before mounting: {log_tail(log)}")
         if time.monotonic() > deadline:
-            raise MountError(f"s3fs did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}")
+            raise MountError(f"{proc.args[0]} did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}")
         time.sleep(delay)
         delay = min(delay * 1.5, 0.01)
 
@@ -73,7 +68,7 @@ def unmount(mountpoint: Path) -> None:
 
 
 def wait_exit(ref: ProcessRef, timeout: float, reap: Callable[[int], None] | None = None) -> bool:
-    """Wait for the process to end (s3fs flushes before it exits). True if it ended in time."""
+    """Wait for the process to end. True if it ended in time."""
     deadline = time.monotonic() + timeout
     while ref.alive():
         if reap is not None:
@@ -93,7 +88,7 @@ class Watcher:
         self._lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._thread = threading.Thread(target=self._run, name="s3fs-watcher", daemon=True)
+        self._thread = threading.Thread(target=self._run, name="mount-watcher", daemon=True)
         self._thread.start()
 
     def watch(self, ref: ProcessRef) -> None:

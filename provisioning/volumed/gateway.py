@@ -139,8 +139,8 @@ class GatewayServer(ThreadingHTTPServer):
 
     def forward(self, sid: str, what: str, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
         if what == "released":
-            released = self.manager.wait_released(sid, timeout=30)
-            return (200 if released else 202), {"released": released}
+            released, undrained = self.manager.wait_released(sid, timeout=30)
+            return (200 if released else 202), {"released": released, "undrained": undrained}
         state = self.manager.session_control(sid)
         control = self.manager.control_dir(state.name) / "sock"
         executor = ProcessRef.load(state.executor) if state.executor else None

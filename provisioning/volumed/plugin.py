@@ -13,6 +13,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
+from .. import facts
 from ..errors import SandboxHostError
 from .volumes import VolumeManager
 
@@ -85,6 +86,7 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/VolumeDriver.Get": self._get,
             "/VolumeDriver.List": self._list,
             "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
+            "/SandboxHost.Released": self._released,
             "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
                                             "Err": ""},
         }
@@ -140,6 +142,12 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         if state.status == "mounted":
             volume["Mountpoint"] = str(self.manager.mountpoint(name))
         return volume
+
+    def _released(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Once the session's workspaces are drained and unmounted here: which did not drain."""
+        released, undrained = self.manager.wait_released(str(body.get("Session", "")),
+                                                         min(float(body.get("Timeout", 30)), facts.DRAIN_TIMEOUT + 60))
+        return {"Released": released, "Undrained": undrained, "Err": ""}
 
     def _get(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"Volume": self._describe(self._name(body)), "Err": ""}

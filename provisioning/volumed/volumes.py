@@ -1,5 +1,5 @@
-"""The volumes the host service manages: one per session, each an s3fs mount of
-``BUCKET:/sessions/<id>`` with its own scoped credentials and staging area.
+"""The volumes the host service manages: one per session, each a FUSE mount (s3fs, or rclone:
+``mounters``) of ``BUCKET:/sessions/<id>`` with its own scoped credentials and staging area.
 
 Lifecycle, as Docker drives it through the plugin protocol:
   Create  -> the mount starts in the background (credentials, markers, staging, s3fs, probe);
@@ -9,11 +9,13 @@ Lifecycle, as Docker drives it through the plugin protocol:
              container's creation and start, and the executor's own start; the executor serves
              nothing until /workspace is a live FUSE mount, and the launcher asks Get for a
              failure while it waits;
-  Unmount -> when the last caller left: unmount, wait for s3fs to exit (it uploads what is
-             pending before it exits), remove the staging area;
+  Unmount -> when the last caller left: drain (every write in S3: s3fs has nothing pending,
+             rclone is asked until its uploads are done), unmount, wait for the mounter to
+             exit, remove the staging area. A drain that fails keeps the staging area and
+             marks the volume failed: nothing is deleted that did not reach S3;
   Remove  -> forgets the volume.
 State is written to ``SERVICE_STATE_DIR`` so that a restarted service adopts the mounts that
-outlived it (s3fs runs in a session of its own and is not stopped with the service).
+outlived it (the mounter runs in a session of its own and is not stopped with the service).
 """
 
 from __future__ import annotations
@@ -42,13 +44,12 @@ from .. import credentials as creds_mod
 from .. import facts, hostinfo, validation
 from ..config import Credentials, ValidSettings
 from ..errors import SandboxHostError
-from ..s3fsopts import s3fs_mount
-from ..validation import SessionId
-from . import s3fs
 from ..procs import ProcessRef
 from ..resources import executor_app_dir
-from .s3fs import MountError
-from .staging import Staging, StagingPool, is_mounted
+from ..validation import SessionId
+from . import fuseproc, mounters
+from .fuseproc import MountError
+from .staging import Staging, StagingPool, is_mounted, size_bytes
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 120.0  # s3fs uploads what is pending before it exits: allow for a large last file
@@ -78,6 +79,9 @@ class VolumeState:
     executor: str = ""  # control: "pid start_time" of the executor, once sealed
     ephemeral: bool = False  # removed from Docker once unmounted (a swarm task's volumes)
     created: float = field(default_factory=time.time)
+    mounter: str = "s3fs"  # one of facts.MOUNTERS
+    control: str = ""  # what the mounter's drain needs (rclone: its remote control's address and login)
+    undrained: str = ""  # why writes of this volume did not all reach S3 (a failed drain)
 
     @property
     def process(self) -> ProcessRef | None:
@@ -93,16 +97,17 @@ class VolumeOptions:
     uid: int
     gid: int
     ephemeral: bool = False
+    mounter: str = "s3fs"
 
 
 def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, int]) -> VolumeOptions:
-    """``session=<id>,uid=<n>,gid=<n>``; the name must be ``sandbox-ws-<id>.<uid>``; the ids must
+    """``session=<id>,uid=<n>,gid=<n>[,mounter=s3fs|rclone]``; the name must be ``sandbox-ws-<id>.<uid>``; the ids must
     lie in the sandbox range and belong to no host account."""
     opts = dict(opts or {})
-    unknown = sorted(set(opts) - {"session", "uid", "gid", "ephemeral"})
+    unknown = sorted(set(opts) - {"session", "uid", "gid", "ephemeral", "mounter"})
     if unknown:
         raise validation.ValidationError("volume option", ",".join(unknown),
-                                         "known options: session, uid, gid, ephemeral")
+                                         "known options: session, uid, gid, ephemeral, mounter")
     sid = validation.session_id(str(opts.get("session", "")))
     ids = []
     for key in ("uid", "gid"):
@@ -122,7 +127,8 @@ def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, 
     ephemeral = str(opts.get("ephemeral", "false")).lower()
     if ephemeral not in ("true", "false"):
         raise validation.ValidationError("volume option ephemeral", opts.get("ephemeral"), "true or false")
-    return VolumeOptions(sid, ids[0], ids[1], ephemeral == "true")
+    mounter = validation.choice("volume option mounter", str(opts.get("mounter", "s3fs")), facts.MOUNTERS)
+    return VolumeOptions(sid, ids[0], ids[1], ephemeral == "true", mounter)
 
 
 def check_not_an_account(uid: int, gid: int) -> None:
@@ -145,13 +151,14 @@ class VolumeManager:
         self.data_dir = data_dir
         self.state_dir = state_dir
         self.s3fs_binary = s3fs_binary or hostinfo.s3fs_binary() or "s3fs"
+        self._mounters: dict[str, mounters.Mounter] = {}
         self._docker_remove = docker_remove
         self._log = log
         self._lock = threading.Lock()
         self._volumes: dict[str, VolumeState] = {}
         self._ready: dict[str, threading.Event] = {}
         self._vol_locks: dict[str, threading.Lock] = {}
-        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # s3fs children of this instance
+        self._procs: dict[int, subprocess.Popen[bytes]] = {}  # mounter children of this instance
         self._sts = creds_mod.sts_client(settings) if settings.scoped_credentials else None
         self._mint = mint or (lambda s, sid: creds_mod.mint(s, sid, self._sts))
         self._s3 = _s3_client(settings, settings.credentials)
@@ -159,7 +166,7 @@ class VolumeManager:
         for path in (data_dir, data_dir / "volumes", state_dir):
             path.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(path, 0o700)  # host users may not even traverse to a workspace
-        self.watcher = s3fs.Watcher(self._on_exit)
+        self.watcher = fuseproc.Watcher(self._on_exit)
         self.staging_pool: StagingPool | None = None
 
     def start(self) -> None:
@@ -181,6 +188,12 @@ class VolumeManager:
             return None
         image = Path(state.staging)
         return Staging(image, image.with_suffix(""))
+
+    def mounter(self, name: str) -> mounters.Mounter:
+        with self._lock:
+            if name not in self._mounters:
+                self._mounters[name] = mounters.make(name, self.s3fs_binary)
+            return self._mounters[name]
 
     def _log_path(self, name: str) -> Path:
         return self.state_dir / f"{name}.log"
@@ -215,12 +228,13 @@ class VolumeManager:
         with self._lock:
             existing = self._volumes.get(name)
             if existing is not None:
-                if (existing.session_id, existing.uid, existing.gid) != (options.session_id, options.uid, options.gid):
+                if ((existing.session_id, existing.uid, existing.gid) != (options.session_id, options.uid, options.gid)
+                        or (existing.kind == "workspace" and existing.mounter != options.mounter)):
                     raise VolumeError(f"volume {name} exists with other options")
                 return
             kind = "control" if name.startswith(facts.CONTROL_VOLUME_PREFIX) else "workspace"
             state = VolumeState(name, options.session_id, options.uid, options.gid, kind=kind,
-                                ephemeral=options.ephemeral)
+                                ephemeral=options.ephemeral, mounter=options.mounter)
             self._volumes[name] = state
             if kind == "workspace":
                 self._ready[name] = threading.Event()
@@ -229,6 +243,13 @@ class VolumeManager:
             state.status = "mounted"
             self._save(state)
             return
+        try:
+            self.mounter(state.mounter).check()
+        except MountError:
+            with self._lock:
+                self._volumes.pop(name, None)
+                self._ready.pop(name, None)
+            raise
         self._prepare_mountpoint(state)
         self._save(state)
         threading.Thread(target=self._mount_now, args=(state,), name=f"mount-{name}", daemon=True).start()
@@ -292,15 +313,18 @@ class VolumeManager:
             state.executor = executor.dump()
             self._save(state)
 
-    def wait_released(self, session_id: str, timeout: float) -> bool:
-        """True once no workspace of the session is mounted here (s3fs exited after flushing)."""
+    def wait_released(self, session_id: str, timeout: float) -> tuple[bool, list[str]]:
+        """(released, undrained): released once no workspace of the session is mounted here
+        (drained and unmounted); undrained names each of its workspaces whose writes did not all
+        reach S3 (their staging areas are kept)."""
         deadline = time.monotonic() + timeout
-        while any(v.kind == "workspace" and v.session_id == session_id and v.status in ("mounting", "mounted")
-                  for v in self.list()):
+        while True:
+            mine = [v for v in self.list() if v.kind == "workspace" and v.session_id == session_id]
+            if not any(v.status in ("mounting", "mounted") for v in mine):
+                return True, [f"{v.name}: {v.undrained}" for v in mine if v.undrained]
             if time.monotonic() > deadline:
-                return False
+                return False, []
             time.sleep(0.05)
-        return True
 
     def collect_ephemeral(self, after: float = 120.0) -> None:
         """A swarm task that never ran (its mount failed, the node lost it) leaves volumes no
@@ -326,7 +350,7 @@ class VolumeManager:
         return self.get(name)
 
     def _prepare_mountpoint(self, state: VolumeState) -> None:
-        """Owned by the session's uid: the container may see it before s3fs mounts over it."""
+        """Owned by the session's uid: the container may see it before the mounter mounts over it."""
         mountpoint = self.mountpoint(state.name)
         mountpoint.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chown(mountpoint, state.uid, state.gid)
@@ -362,8 +386,9 @@ class VolumeManager:
                 ready.wait(MOUNT_TIMEOUT + 30)
             if state.kind == "control":
                 shutil.rmtree(self.control_dir(name), ignore_errors=True)
-            else:
-                self._teardown(state)
+            elif not self._teardown(state):
+                self._save(state)
+                raise VolumeError(f"volume {name} keeps its data on this host: {state.error}")
             with self._lock:
                 self._volumes.pop(name, None)
                 self._ready.pop(name, None)
@@ -397,24 +422,29 @@ class VolumeManager:
             credentials = minted.result()
             for marker in markers:
                 marker.result()
-            mount = s3fs_mount(self.settings, sid, str(mountpoint), uid=state.uid, gid=state.gid,
-                               tmpdir=str(staging.tmpdir), ensure_diskfree_mb=64)
-            proc = s3fs.start(mount, credentials, self._log_path(name), self.s3fs_binary)
-            s3fs.wait_mounted(proc, mountpoint, self._log_path(name), MOUNT_TIMEOUT)
+            mounter = self.mounter(state.mounter)
+            target = mounters.MountTarget(sid, mountpoint, state.uid, state.gid, staging,
+                                          size_bytes(self.settings.staging_size))
+            command = mounter.command(self.settings, target, credentials)
+            proc = fuseproc.start(command.argv, command.env, self._log_path(name))
+            fuseproc.wait_mounted(proc, mountpoint, self._log_path(name), MOUNT_TIMEOUT)
+            mounter.verify(command.control, MOUNT_TIMEOUT)
             self._probe(mountpoint, proc, name)
             ref = ProcessRef.of(proc.pid)
             if ref is None:
-                raise MountError(f"s3fs exited right after mounting: {s3fs.log_tail(self._log_path(name))}")
+                raise MountError(f"{state.mounter} exited right after mounting: "
+                                 f"{fuseproc.log_tail(self._log_path(name))}")
+            state.control = command.control
             with self._lock:
                 self._procs[proc.pid] = proc
             state.pid, state.start_time = ref.pid, ref.start_time
             state.status, state.error = "mounted", ""
             self.watcher.watch(ref)
-            self._log(f"{name}: mounted in {time.monotonic() - started:.3f}s (s3fs pid {proc.pid})")
+            self._log(f"{name}: mounted in {time.monotonic() - started:.3f}s ({state.mounter} pid {proc.pid})")
         except Exception as exc:  # noqa: BLE001 - every failure ends as a failed volume with its reason
             reason = str(exc) if isinstance(exc, SandboxHostError) else f"{type(exc).__name__}: {exc}"
             if proc is not None:
-                s3fs.unmount(mountpoint)
+                fuseproc.unmount(mountpoint)
                 try:
                     proc.wait(5)
                 except subprocess.TimeoutExpired:
@@ -454,10 +484,10 @@ class VolumeManager:
                     break
                 time.sleep(0.01)
             if proc.poll() is not None:
-                raise MountError(f"s3fs exited (status {proc.returncode}) after mounting: "
-                                 f"{s3fs.log_tail(self._log_path(name))}") from None
+                raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) after mounting: "
+                                 f"{fuseproc.log_tail(self._log_path(name))}") from None
             raise MountError(f"the workspace is mounted but not usable ({exc.strerror or exc}): "
-                             f"{s3fs.log_tail(self._log_path(name))}") from None
+                             f"{fuseproc.log_tail(self._log_path(name))}") from None
 
     def _reap(self, pid: int) -> None:
         with self._lock:
@@ -465,15 +495,28 @@ class VolumeManager:
         if proc is not None:
             proc.poll()
 
-    def _teardown(self, state: VolumeState) -> None:
-        """Unmount and wait for s3fs to exit (it uploads what is pending first); then the staging area."""
+    def _teardown(self, state: VolumeState) -> bool:
+        """Drain (every write in S3), unmount, wait for the mounter to exit (s3fs uploads what
+        is pending first); then the staging area. A mounter that keeps writes back (rclone,
+        which has a ``control``) and cannot show them drained keeps its mount, its process and
+        the staging area as they are: the volume fails with the reason, and False is returned."""
         mountpoint = self.mountpoint(state.name)
         ref = state.process
+        if state.control:
+            try:
+                self.mounter(state.mounter).drain(state.control, facts.DRAIN_TIMEOUT)
+            except MountError as exc:
+                state.status = "failed"
+                state.error = state.undrained = (f"not every write reached S3: {exc} (staging area {state.staging}; "
+                                                 f"last error: {fuseproc.log_tail(self._log_path(state.name))})")
+                self._log(f"{state.name}: {state.error}")
+                return False
         if ref is not None:
             self.watcher.forget(ref)
-        s3fs.unmount(mountpoint)
-        if ref is not None and not s3fs.wait_exit(ref, EXIT_TIMEOUT, self._reap):
-            self._log(f"{state.name}: s3fs {ref.pid} still running {EXIT_TIMEOUT:g}s after unmount; killing it")
+        fuseproc.unmount(mountpoint)
+        if ref is not None and not fuseproc.wait_exit(ref, EXIT_TIMEOUT, self._reap):
+            self._log(f"{state.name}: {state.mounter} {ref.pid} still running {EXIT_TIMEOUT:g}s after unmount; "
+                      "killing it")
             try:
                 os.kill(ref.pid, 9)
             except ProcessLookupError:
@@ -484,13 +527,15 @@ class VolumeManager:
             if proc is not None:
                 proc.wait()
         state.pid = state.start_time = 0
+        state.control = ""
         staging = self.staging(state)
         if staging is not None:
             staging.remove()
         state.staging = ""
+        return True
 
     def _on_exit(self, ref: ProcessRef) -> None:
-        """s3fs ended on its own: the volume (and so its session) has failed."""
+        """The mounter ended on its own: the volume (and so its session) has failed."""
         with self._lock:
             match = [v for v in self._volumes.values() if v.pid == ref.pid and v.start_time == ref.start_time]
             proc = self._procs.pop(ref.pid, None)
@@ -498,15 +543,15 @@ class VolumeManager:
         for state in match:
             if state.status == "mounted":
                 state.status = "failed"
-                state.error = (f"s3fs exited (status {status}) while mounted: "
-                               f"{s3fs.log_tail(self._log_path(state.name)) or 'no message'}")
+                state.error = (f"{state.mounter} exited (status {status}) while mounted: "
+                               f"{fuseproc.log_tail(self._log_path(state.name)) or 'no message'}")
                 self._log(f"{state.name}: {state.error}")
                 self._save(state)
 
     # -- restart ------------------------------------------------------------------------------
     def adopt(self) -> None:
         """Take over the volumes a previous instance of the service left: live mounts keep
-        serving; a mount whose s3fs died meanwhile is marked failed."""
+        serving; a mount whose mounter died meanwhile is marked failed."""
         for path in sorted(self.state_dir.glob("*.json")):
             try:
                 data = json.loads(path.read_text())
@@ -518,9 +563,9 @@ class VolumeManager:
             if state.kind == "control":
                 pass  # a directory: nothing to check
             elif state.status == "mounted" and not (ref and ref.alive() and is_mounted(self.mountpoint(state.name))):
-                state.status, state.error = "failed", "s3fs ended while the volume service was not running"
+                state.status, state.error = "failed", f"{state.mounter} ended while the volume service was not running"
             elif state.status == "mounting":
-                s3fs.unmount(self.mountpoint(state.name))
+                fuseproc.unmount(self.mountpoint(state.name))
                 staging = self.staging(state)
                 if staging is not None:
                     staging.remove()

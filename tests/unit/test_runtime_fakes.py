@@ -76,7 +76,7 @@ def test_credentials_are_minted_for_the_prefix_only() -> None:
     policy = json.loads(calls[0]["Policy"])
     assert " " not in calls[0]["Policy"] and calls[0]["DurationSeconds"] == 43200
     assert policy == session_policy("fake-bucket", session_id("abc"))
-    listing = policy["Statement"][1]["Condition"]["StringLike"]["s3:prefix"]
+    listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])["Condition"]["StringLike"]["s3:prefix"]
     assert listing == ["sessions/abc/", "sessions/abc/*"]  # never the bare prefix: sessions/abcd/ would show
     unscoped = mint(dataclasses.replace(SETTINGS, scoped_credentials=False).validated(), session_id("abc"), FakeSTS())
     assert unscoped.access_key == "AKIAFAKE" and len(calls) == 1
@@ -222,6 +222,35 @@ def test_volume_options_are_checked_at_the_driver() -> None:
     ]:
         with pytest.raises(ValidationError, match=field):
             volumes.parse_options(name, opts, rng)
+    ws = {"session": "abc", "uid": "1900000005", "gid": "1900000005"}
+    assert volumes.parse_options("sandbox-ws-abc.1900000005", ws, rng).mounter == "s3fs"
+    assert volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": "rclone"}, rng).mounter == "rclone"
+    with pytest.raises(ValidationError, match="mounter"):
+        volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": "goofys"}, rng)
+
+
+def test_rclone_command_keeps_secrets_out_of_argv_and_stages_on_the_session_area(tmp_path: Path) -> None:
+    from provisioning.config import Credentials
+    from provisioning.volumed.mounters import MountTarget, RcloneMounter
+    from provisioning.volumed.staging import Staging
+
+    staging = Staging(tmp_path / "s.img", tmp_path / "s")
+    staging.mountpoint.mkdir()
+    target = MountTarget(session_id("abc"), tmp_path / "ws", 1900000005, 1900000005, staging, 1 << 30)
+    creds = Credentials("ASIAKEY", "secret-key", "token-xyz")
+    command = RcloneMounter("/usr/bin/rclone").command(SETTINGS.validated(), target, creds)
+    argv = " ".join(command.argv)
+    for secret in ("ASIAKEY", "secret-key", "token-xyz", json.loads(command.control)["pass"]):
+        assert secret not in argv and secret not in repr(command)
+    assert command.argv[:4] == ["/usr/bin/rclone", "mount", "ws:fake-bucket/sessions/abc", str(tmp_path / "ws")]
+    flags = dict(zip(command.argv[4::], command.argv[5::]))
+    assert flags["--cache-dir"] == str(staging.mountpoint / "rclone") and (staging.mountpoint / "rclone").is_dir()
+    assert flags["--uid"] == flags["--gid"] == "1900000005" and flags["--umask"] == "077"
+    assert int(flags["--vfs-cache-max-size"]) < 1 << 30 and flags["--vfs-cache-mode"] == "full"
+    assert "--default-permissions" in command.argv
+    assert flags["--rc-addr"].startswith("127.0.0.1:")
+    assert command.env["RCLONE_CONFIG_WS_SESSION_TOKEN"] == "token-xyz"
+    assert command.env["RCLONE_CONFIG_WS_ENDPOINT"] == "http://127.0.0.1:9"
 
 
 def test_the_plugin_protocol_answers_docker(tmp_path: Path) -> None:

@@ -1,0 +1,20 @@
+"""How the volume service mounts a session's prefix on the host: s3fs (the default) or rclone.
+Each mounter is one small class with the same interface (``base.Mounter``)."""
+
+from __future__ import annotations
+
+from ... import facts
+from .base import MountCommand, Mounter, MountTarget
+from .rclone import RcloneMounter
+from .s3fs import S3fsMounter
+
+__all__ = ["MountCommand", "MountTarget", "Mounter", "RcloneMounter", "S3fsMounter", "make"]
+
+
+def make(name: str, s3fs_binary: str | None = None) -> Mounter:
+    """The mounter called ``name`` (one of facts.MOUNTERS, already validated)."""
+    if name == "rclone":
+        return RcloneMounter()
+    if name == "s3fs":
+        return S3fsMounter(s3fs_binary)
+    raise ValueError(f"unknown mounter {name!r}; known: {', '.join(facts.MOUNTERS)}")

@@ -1,0 +1,57 @@
+"""What a workspace mounter is to the volume service: the command that mounts a session's
+prefix on the host, and what must happen before that mount is taken down so that nothing
+written is lost."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from ...config import Credentials, ValidSettings
+from ...validation import SessionId
+from ..staging import Staging
+
+
+@dataclass(frozen=True)
+class MountTarget:
+    """One session's mount: where, as whom, and the host disk it may stage data on."""
+
+    session_id: SessionId
+    mountpoint: Path
+    uid: int
+    gid: int
+    staging: Staging  # the session's capped area on host disk, removed when it ends
+    staging_bytes: int
+
+
+@dataclass(frozen=True)
+class MountCommand:
+    argv: list[str]
+    env: dict[str, str] = field(repr=False)  # credentials: the process's environment only
+    # What drain() needs later, kept in the volume's state (root's, 0600) across service restarts.
+    control: str = field(default="", repr=False)
+
+
+class Mounter(Protocol):
+    name: str
+
+    def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
+        """The foreground process that mounts ``target``."""
+
+    def verify(self, control: str, timeout: float) -> None:
+        """Raise MountError unless what drain() needs works (after the mount appeared)."""
+
+    def drain(self, control: str, timeout: float) -> None:
+        """Return once every write made through the mount is in S3; raise MountError if that
+        does not happen within ``timeout``. Called after the last container left, before unmount."""
+
+    def check(self) -> None:
+        """Raise MountError naming the fix when this host cannot run the mounter."""
+
+
+def aws_env(credentials: Credentials) -> dict[str, str]:
+    env = {"AWS_ACCESS_KEY_ID": credentials.access_key, "AWS_SECRET_ACCESS_KEY": credentials.secret_key}
+    if credentials.session_token:
+        env["AWS_SESSION_TOKEN"] = credentials.session_token
+    return env
