@@ -63,9 +63,16 @@ def strategy(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def settings(base_settings: Settings, executor_image: str, strategy: str, volume_service: VolumeService) -> Settings:
+def mounter() -> str:
+    """The host strategy's mounter: s3fs unless a test parametrizes ``mounter`` itself."""
+    return "s3fs"
+
+
+@pytest.fixture
+def settings(base_settings: Settings, executor_image: str, strategy: str, mounter: str,
+             volume_service: VolumeService) -> Settings:
     # The host strategy needs no network at all; s3fs in the container must reach 127.0.0.1.
-    return dataclasses.replace(base_settings, mount=strategy, volume_driver=volume_service.driver,
+    return dataclasses.replace(base_settings, mount=strategy, mounter=mounter, volume_driver=volume_service.driver,
                                network="none" if strategy == "host" else "host")
 
 

@@ -165,6 +165,55 @@ def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storag
     assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
 
 
+@pytest.mark.parametrize("strategy", ["host"])
+@pytest.mark.parametrize("mounter", ["rclone"])
+def test_rclone_write_back_is_drained_before_stop_returns(manager: SessionManager, storage: SessionStorage) -> None:
+    """rclone keeps writes on host disk for a moment after each close: a stop right after 300
+    small files, a 12 MiB one and one still open finds every byte in S3 (the teardown drains)."""
+    sid = session_id()
+    manager.create(sid)
+    run_ok(manager, sid, """
+        import os, subprocess, time
+        os.makedirs("artifacts/many")
+        for i in range(300):
+            open(f"artifacts/many/{i}.txt", "w").write(str(i) * 40)
+        with open("artifacts/big.bin", "wb") as f:
+            f.write(bytes(range(256)) * 49152)
+        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+                         start_new_session=True)
+        while not os.path.exists("artifacts/open.txt"):
+            time.sleep(0.01)
+    """)
+    assert manager.stop(sid, timeout=20) == 0
+    assert storage.get_bytes(sid, "artifacts", "big.bin") == bytes(range(256)) * 49152
+    assert all(storage.get_bytes(sid, "artifacts", f"many/{i}.txt") == (str(i) * 40).encode() for i in range(300))
+    assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
+
+
+# How soon a file put into S3 from outside shows in a directory the session listed already:
+# s3fs lists S3 on every readdir; rclone trusts a listing for its dir-cache-time (5 s).
+VISIBLE_WITHIN = {"s3fs": 1.0, "rclone": 5.0}
+
+
+@pytest.mark.parametrize("strategy", ["host"])
+@pytest.mark.parametrize("mounter", ["s3fs", "rclone"])
+def test_file_put_from_outside_shows_within_the_stated_time(manager: SessionManager, storage: SessionStorage,
+                                                            mounter: str) -> None:
+    sid = session_id()
+    manager.create(sid)
+    assert run_ok(manager, sid, "import os; print(os.listdir('uploads'))").strip() == "[]"
+    storage.client.put_object(Bucket=storage.settings.bucket, Key=f"{facts.session_prefix(sid)}/uploads/late.txt",
+                              Body=b"late")
+    waited = float(run_ok(manager, sid, """
+        import os, time
+        start = time.monotonic()
+        while "late.txt" not in os.listdir("uploads") and time.monotonic() - start < 30:
+            time.sleep(0.05)
+        print(time.monotonic() - start if open("uploads/late.txt").read() == "late" else "nan")
+    """))
+    assert waited <= VISIBLE_WITHIN[mounter] + 0.5, waited
+
+
 def test_unreachable_endpoint_fails_before_any_container(settings: Settings, docker_engine: docker.DockerClient) -> None:
     bad = dataclasses.replace(settings, s3_endpoint="http://127.0.0.1:9")
     with pytest.raises(StorageError, match="unreachable"):
