@@ -83,3 +83,14 @@ def test_every_role_has_a_molecule_scenario() -> None:
     assert roles == scenarios
     for scenario in scenarios:
         assert list((ROOT / "extensions/molecule" / scenario / "tests").glob("test_*.py")), f"{scenario}: no testinfra"
+
+
+def test_the_wheel_lists_every_runtime_package() -> None:
+    """setuptools takes the packages listed in pyproject.toml only: a new subpackage left out
+    would be missing from the wheel the roles install (and the volume service would not start)."""
+    import tomllib
+
+    root = Path(__file__).resolve().parents[2]
+    listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(init.parent.relative_to(root).parts) for init in (root / "provisioning").rglob("__init__.py")}
+    assert found <= listed, sorted(found - listed)
