@@ -1,7 +1,8 @@
 """Small-file and metadata-heavy work in /workspace against a local directory of the same session
-(its /tmp), for s3fs option sets, on the host converged by the main job (its config and object
-store). For each option set: each workload's seconds in the workspace and locally, the ratio, and
-durability (a `stop` right after the writes: every file is in S3).
+(its /tmp), for each mounter and s3fs option set, on the host converged by the main job (its
+config and object store). For each set: each workload's seconds in the workspace and locally, the
+ratio, how soon a file put into S3 from outside shows in a listed directory, how long the stop
+took, and durability (a `stop` right after the writes: every file is in S3).
 
     .venv/bin/python -m bench.smallfiles [--out DIR]
 
@@ -23,14 +24,27 @@ from provisioning import SessionManager, SessionStorage, config
 
 ROOT = Path(__file__).resolve().parents[1]
 
-OPTION_SETS: dict[str, dict[str, object]] = {
-    "default": {},
-    "stat cache 15 min + noobj cache": {"stat_cache_expire": 900, "max_stat_cache_size": 100000,
-                                        "enable_noobj_cache": True},
-    "caches + multireq_max 64 + parallel_count 16": {"stat_cache_expire": 900, "max_stat_cache_size": 100000,
-                                                     "enable_noobj_cache": True, "multireq_max": 64,
-                                                     "parallel_count": 16},
+# name: (mounter, s3fs options)
+OPTION_SETS: dict[str, tuple[str, dict[str, object]]] = {
+    "s3fs, default": ("s3fs", {}),
+    "s3fs, stat cache 15 min + noobj cache": ("s3fs", {"stat_cache_expire": 900, "max_stat_cache_size": 100000,
+                                                       "enable_noobj_cache": True}),
+    "s3fs, caches + multireq_max 64 + parallel_count 16": ("s3fs", {
+        "stat_cache_expire": 900, "max_stat_cache_size": 100000, "enable_noobj_cache": True,
+        "multireq_max": 64, "parallel_count": 16}),
+    "rclone, VFS cache full, write-back 1 s, dir cache 5 s": ("rclone", {}),
 }
+
+# Run in the session after the workloads: seconds until a key put from outside shows in uploads/.
+VISIBLE = r'''
+import os, sys, time
+start = time.monotonic()
+while sys.argv[1] not in os.listdir("/workspace/uploads"):
+    if time.monotonic() - start > 60:
+        print("nan"); raise SystemExit
+    time.sleep(0.02)
+print(round(time.monotonic() - start, 3))
+'''
 
 # Run in the session, once in /workspace/run and once in /tmp/run; prints {workload: seconds}.
 PROBE = r'''
@@ -97,24 +111,26 @@ print(json.dumps(out))
 DRIVER = "sandbox-host-bench-sf"
 
 
-def run_set(name: str, options: dict[str, object]) -> dict[str, Any]:
+def run_set(name: str, mounter: str, options: dict[str, object]) -> dict[str, Any]:
     from tests.servers.volumed import VolumeService
 
     host = config.load({})  # the main job's config: its object store and key
     service = {"s3_endpoint": host.s3_endpoint, "bucket": host.bucket, "access_key": host.access_key,
                "secret_key": host.secret_key, "scoped_credentials": host.scoped_credentials,
                "s3fs_options": options}
-    settings = config.load({"volume_driver": DRIVER, "network": "none", "memory": "1g", "tmp_size": "300m"})
+    settings = config.load({"volume_driver": DRIVER, "network": "none", "memory": "1g", "tmp_size": "300m",
+                            "mounter": mounter})
     manager, storage = SessionManager(settings), SessionStorage(settings.validated())
     sid = "sf" + uuid.uuid4().hex[:10]
     with tempfile.TemporaryDirectory() as work, VolumeService(service, Path(work), driver=DRIVER):
-        return measure(name, options, manager, storage, sid)
+        return measure(name, mounter, options, manager, storage, sid)
 
 
-def measure(name: str, options: dict[str, object], manager: SessionManager, storage: SessionStorage,
-            sid: str) -> dict[str, Any]:
+def measure(name: str, mounter: str, options: dict[str, object], manager: SessionManager,
+            storage: SessionStorage, sid: str) -> dict[str, Any]:
     settings = manager.settings
     manager.create(sid)
+    stop_s = None
     try:
         results = {}
         for where, path in (("workspace", "/workspace/run"), ("local", "/tmp/run")):
@@ -122,16 +138,32 @@ def measure(name: str, options: dict[str, object], manager: SessionManager, stor
             if r.exit_code != 0:
                 raise RuntimeError(f"{name} {where}: {r.stderr.decode()[-2000:]}")
             results[where] = json.loads(r.stdout)
-    finally:
+        manager.exec(sid, argv=["ls", "/workspace/uploads"])  # listed once: a cache may hold it now
+        storage.client.put_object(Bucket=settings.bucket, Key=f"sessions/{sid}/uploads/late.txt", Body=b"late")
+        r = manager.exec(sid, argv=["python3", "-c", VISIBLE, "late.txt"], timeout=120)
+        visible_s = float(r.stdout)
+        # The writes again, then a stop at once: how long it takes, and whether everything landed.
+        r = manager.exec(sid, argv=["tar", "-xf", "/tmp/files.tar", "-C", "/workspace/run", "--transform",
+                                    "s,^d,again,"], timeout=1800)
+        if r.exit_code != 0:
+            raise RuntimeError(f"{name} tar before stop: {r.stderr.decode()[-2000:]}")
+        started = time.perf_counter()
         manager.stop(sid)
+        stop_s = round(time.perf_counter() - started, 2)
+    finally:
+        if stop_s is None:
+            manager.stop(sid)
     # Durability: stopped right after the writes, every file is in S3.
-    pages = storage.client.get_paginator("list_objects_v2").paginate(
-        Bucket=settings.bucket, Prefix=f"sessions/{sid}/run/d/")
-    landed = sum(1 for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/"))
+    def landed(prefix: str) -> int:
+        pages = storage.client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix)
+        return sum(1 for page in pages for item in page.get("Contents", []) if not item["Key"].endswith("/"))
     rows = {w: {"workspace_s": results["workspace"][w], "local_s": results["local"][w],
                 "ratio": round(results["workspace"][w] / max(results["local"][w], 0.001), 1)}
             for w in results["workspace"]}
-    return {"options": options, "workloads": rows, "tar_files_in_s3_after_stop": landed}
+    return {"mounter": mounter, "options": options, "workloads": rows,
+            "tar_files_in_s3_after_stop": landed(f"sessions/{sid}/run/d/"),
+            "files_written_right_before_stop_in_s3": landed(f"sessions/{sid}/run/again/"),
+            "stop_s": stop_s, "outside_upload_visible_s": visible_s}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,20 +171,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default=str(ROOT / "docs" / "benchmarks"))
     args = parser.parse_args(argv)
     result: dict[str, Any] = {"date": time.strftime("%Y-%m-%d"), "sets": {}}
-    for name, options in OPTION_SETS.items():
+    for name, (mounter, options) in OPTION_SETS.items():
         print(f"smallfiles: {name} ...", file=sys.stderr, flush=True)
-        result["sets"][name] = run_set(name, options)
+        result["sets"][name] = run_set(name, mounter, options)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "smallfiles.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Small files in /workspace ({result['date']})", "",
-             "Host strategy, s3fs, on the main job's host (2 cores; the embedded endpoint on 127.0.0.1). Each "
+             "Host strategy on the main job's host (2 cores; the embedded endpoint on 127.0.0.1). Each "
              "workload runs in /workspace and in the same session's /tmp (tmpfs, the local baseline); one run each; a local time under 1 ms "
-             "counts as 1 ms in the ratio. Durability: the session is stopped right after the writes, then the 2,000 extracted files are "
-             "counted in S3.", ""]
+             "counts as 1 ms in the ratio. Visibility: seconds until a key put into S3 from outside shows in a directory the session "
+             "listed just before. Durability: 2,000 more files are extracted and the session is stopped at once (the stop's time is "
+             "given); then both sets of 2,000 files are counted in S3.", ""]
     for name, data in result["sets"].items():
-        lines += [f"## {name}", "", f"s3fs options: `{json.dumps(data['options'])}`; after stop, "
-                  f"{data['tar_files_in_s3_after_stop']} of 2,000 extracted files in S3.", "",
+        lines += [f"## {name}", "", f"mounter `{data['mounter']}`, s3fs options `{json.dumps(data['options'])}`. "
+                  f"After the stop ({data['stop_s']} s): {data['tar_files_in_s3_after_stop']} of 2,000 and "
+                  f"{data['files_written_right_before_stop_in_s3']} of 2,000 files in S3. An outside upload showed after "
+                  f"{data['outside_upload_visible_s']} s.", "",
                   "| workload | /workspace (s) | local (s) | ratio |", "|---|---|---|---|"]
         for workload, row in data["workloads"].items():
             lines.append(f"| {workload} | {row['workspace_s']} | {row['local_s']} | {row['ratio']}x |")

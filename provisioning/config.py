@@ -144,6 +144,7 @@ ENV_NAMES = {
     "SANDBOX_NETWORK": "network",
     "SANDBOX_STATE_DIR": "state_dir",
     "SANDBOX_MOUNT": "mount",
+    "SANDBOX_MOUNTER": "mounter",
     "SANDBOX_BACKEND": "backend",
     "SANDBOX_VOLUME_DRIVER": "volume_driver",
     "SANDBOX_STS_ROLE_ARN": "sts_role_arn",
