@@ -9,6 +9,7 @@ import signal
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import docker
 import pytest
@@ -188,6 +189,31 @@ def test_rclone_write_back_is_drained_before_stop_returns(manager: SessionManage
     assert storage.get_bytes(sid, "artifacts", "big.bin") == bytes(range(256)) * 49152
     assert all(storage.get_bytes(sid, "artifacts", f"many/{i}.txt") == (str(i) * 40).encode() for i in range(300))
     assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
+
+
+@pytest.mark.parametrize("strategy", ["host"])
+@pytest.mark.parametrize("mounter", ["rclone"])
+def test_rclone_drain_that_fails_fails_the_stop_and_keeps_the_data(manager: SessionManager, storage: SessionStorage,
+                                                                   docker_engine: docker.DockerClient,
+                                                                   volume_service: Any) -> None:
+    """rclone frozen (SIGSTOP) with a write still queued: the stop fails and names what it kept;
+    once rclone runs again, removing the volume drains it and the file reaches S3."""
+    sid = session_id()
+    manager.create(sid)
+    run_ok(manager, sid, "open('artifacts/queued.txt', 'w').write('keep me')")
+    [state] = [json.loads(f.read_text()) for f in volume_service.state_dir().glob("*.json")
+               if json.loads(f.read_text())["session_id"] == sid and json.loads(f.read_text())["kind"] == "workspace"]
+    os.kill(state["pid"], signal.SIGSTOP)
+    try:
+        with pytest.raises(SessionError, match="not all of its writes reached S3.*staging area"):
+            manager.stop(sid, timeout=10)
+        assert containers_for(docker_engine, storage.settings.bucket) == []
+        with pytest.raises(StorageError):
+            storage.get_bytes(sid, "artifacts", "queued.txt")
+    finally:
+        os.kill(state["pid"], signal.SIGCONT)
+    docker_engine.api.remove_volume(state["name"], force=True)  # drains now, then unmounts
+    assert storage.get_bytes(sid, "artifacts", "queued.txt") == b"keep me"
 
 
 # How soon a file put into S3 from outside shows in a directory the session listed already:
