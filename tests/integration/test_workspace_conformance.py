@@ -61,7 +61,9 @@ LIMITATIONS: dict[str, object] = {
 EMBEDDED_ENDPOINT_LIMITATIONS: dict[str, object] = {"file name with a newline": "ENOENT"}
 
 
-def test_workspace_conformance(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
+def probe_matches(manager: SessionManager, storage: SessionStorage, expected: dict[str, object]) -> str:
+    """Run the probe in a new session (with a key put from outside first); assert that every
+    behaviour is as expected. Returns the session's id."""
     sid = session_id()
     manager.create(sid)
     storage.client.put_object(Bucket=storage.settings.bucket, Key=f"{facts.session_prefix(sid)}/uploads/deep/x.txt",
@@ -69,10 +71,15 @@ def test_workspace_conformance(manager: SessionManager, storage: SessionStorage,
     result = manager.exec(sid, argv=["python3", "-"], stdin=PROBE, timeout=300)
     assert result.exit_code == 0, result.stderr.decode()
     observed = json.loads(result.stdout)
-    expected = {**LOCAL_DISK, **LIMITATIONS, **(EMBEDDED_ENDPOINT_LIMITATIONS if s3_store.name == "moto" else {})}
     differences = {name: {"expected": expected[name], "observed": observed.get(name)}
                    for name in expected if observed.get(name) != expected[name]}
     assert not differences, json.dumps(differences)
+    return sid
+
+
+def test_workspace_conformance(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
+    probe_matches(manager, storage, {**LOCAL_DISK, **LIMITATIONS,
+                                     **(EMBEDDED_ENDPOINT_LIMITATIONS if s3_store.name == "moto" else {})})
 
 
 # rclone mount (Debian's 1.60, mounter = "rclone"), where it is not a local disk's, as observed;
@@ -94,22 +101,11 @@ RCLONE_LIMITATIONS: dict[str, object] = {
 }
 
 
-
 @pytest.mark.parametrize("strategy", ["host"])
 @pytest.mark.parametrize("mounter", ["rclone"])
 def test_workspace_conformance_with_rclone(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
     assert manager.settings.mounter == "rclone"
-    sid = session_id()
-    manager.create(sid)
-    storage.client.put_object(Bucket=storage.settings.bucket, Key=f"{facts.session_prefix(sid)}/uploads/deep/x.txt",
-                              Body=b"from outside")
-    result = manager.exec(sid, argv=["python3", "-"], stdin=PROBE, timeout=300)
-    assert result.exit_code == 0, result.stderr.decode()
-    observed = json.loads(result.stdout)
-    expected = {**LOCAL_DISK, **RCLONE_LIMITATIONS}
-    differences = {name: {"expected": expected[name], "observed": observed.get(name)}
-                   for name in expected if observed.get(name) != expected[name]}
-    assert not differences, json.dumps(differences)
+    sid = probe_matches(manager, storage, {**LOCAL_DISK, **RCLONE_LIMITATIONS})
     if s3_store.name == "moto":
         # The embedded endpoint cannot store a key with a newline: rclone keeps the file in its
         # cache and retries; a stop now would fail naming it (the drain test shows that path).
