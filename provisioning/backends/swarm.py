@@ -300,10 +300,10 @@ class SwarmBackend:
         deadline = time.monotonic() + timeout + 120
         while time.monotonic() < deadline:
             status, body, _peer = remote.request("GET", "/released", timeout=40)
-            if status == 200 and body.get("undrained"):
-                raise SessionError(f"session {sid} stopped, but not all of its writes reached S3: "
-                                   f"{'; '.join(map(str, body['undrained']))}")
             if status == 200:
+                if body.get("undrained"):
+                    raise SessionError(f"session {sid} stopped, but not all of its writes reached S3: "
+                                       f"{'; '.join(map(str, body['undrained']))}")
                 return
         raise SessionError(f"node {node.get('Description', {}).get('Hostname', '?')} did not release session "
                            f"{sid}'s workspace in time")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 from ...config import Credentials, ValidSettings
 from ...hostinfo import s3fs_binary
 from ...s3fsopts import s3fs_mount
@@ -28,5 +30,5 @@ class S3fsMounter:
         what is pending before it exits (the teardown waits for that)."""
 
     def check(self) -> None:
-        if s3fs_binary() is None and self.binary == "s3fs":
+        if shutil.which(self.binary) is None:  # a name on PATH, or the private runtime's path
             raise MountError("s3fs is not installed on this host; run playbooks/s3fs.yml")
