@@ -36,6 +36,7 @@ def _settings(args: argparse.Namespace) -> Settings:
         "bucket": args.bucket,
         "image": args.image,
         "network": getattr(args, "network", None),
+        "egress": getattr(args, "egress", None),
         "mount": getattr(args, "mount", None),
         "mounter": getattr(args, "mounter", None),
         "state_dir": args.state_dir,
@@ -192,7 +193,7 @@ def cmd_session_list(args: argparse.Namespace) -> int:
         for s in sessions:
             detail = f"  ({printable(s.detail)})" if s.detail else ""
             print(f"{s.session_id:<32} {s.status:<8} {s.node:<16} {s.container_id[:12]}  {s.mount:<12} "
-                  f"{s.network:<7} s3://{s.bucket}/{s.prefix}{detail}")
+                  f"{s.egress or '-':<9} s3://{s.bucket}/{s.prefix}{detail}")
     return 0
 
 
@@ -329,7 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     create = session.add_parser("create", parents=[common], help="start a session and wait for its workspace")
     create.add_argument("session_id")
     create.add_argument("--json", action="store_true")
-    create.add_argument("--network", help="bridge (default), host or none (env SANDBOX_NETWORK)")
+    create.add_argument("--egress", help="what the session may reach: internet (default: public addresses, not the "
+                        "host, link-local or private networks, nor other sessions), none, or allow=CIDR[,CIDR...] "
+                        "(env SANDBOX_EGRESS)")
+    create.add_argument("--network", help="the Docker network sessions join: the sandbox network (default "
+                        "sandbox-host, made and guarded by the volume service), or host (--mount in-container only; "
+                        "no network boundary) (env SANDBOX_NETWORK)")
     create.add_argument("--mount", help="host (default: s3fs on the host, no capability in the container) "
                         "or in-container (env SANDBOX_MOUNT)")
     create.add_argument("--mounter", help="with --mount host: s3fs (default) or rclone (write-back cache on "

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from . import facts, validation
+from . import egress, facts, validation
 from .errors import InputError
 
 DEFAULT_CONFIG_FILE = Path("/etc/sandbox-host/config.toml")
@@ -46,7 +46,11 @@ class Settings:
     secret_key: str = field(default="", repr=False)
     session_token: str = field(default="", repr=False)
     image: str = DEFAULT_IMAGE
-    network: str = "bridge"
+    # The Docker network sessions join: the sandbox network (made and guarded by the volume
+    # service), or "host" (the in-container mount only, for an S3 server on loopback: no boundary).
+    network: str = facts.SESSION_NETWORK
+    # What a session may reach: "internet", "none" or "allow=CIDR,..." (provisioning.egress).
+    egress: str = "internet"
     state_dir: str = "/run/sandbox-host"
     # How /workspace is mounted: "host" (s3fs on the host, through the sandbox-host volume
     # driver; the container holds no capability) or "in-container" (s3fs inside the container).
@@ -99,6 +103,7 @@ class Settings:
             bucket=validation.bucket(self.bucket),
             region=validation.region(self.region),
             network=validation.network(self.network),
+            egress=str(egress.parse(self.egress)),
             state_dir=validation.state_dir(self.state_dir),
             mount=validation.choice("mount", self.mount, MOUNT_STRATEGIES),
             mounter=validation.choice("mounter", self.mounter, facts.MOUNTERS),
@@ -129,6 +134,15 @@ class Settings:
 class ValidSettings(Settings):
     """Settings that passed :meth:`Settings.validated`: code that takes these checks nothing again."""
 
+    egress_policy: egress.EgressPolicy = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "egress_policy", egress.parse(self.egress))
+        if self.network == "host" and self.egress != egress.INTERNET:
+            raise validation.ValidationError(
+                "egress", self.egress, "needs the sandbox network: network 'host' gives a session the host's "
+                "own network, where no egress rule applies")
+
     def validated(self) -> ValidSettings:
         return self
 
@@ -142,6 +156,7 @@ ENV_NAMES = {
     "AWS_SESSION_TOKEN": "session_token",
     "SANDBOX_IMAGE": "image",
     "SANDBOX_NETWORK": "network",
+    "SANDBOX_EGRESS": "egress",
     "SANDBOX_STATE_DIR": "state_dir",
     "SANDBOX_MOUNT": "mount",
     "SANDBOX_MOUNTER": "mounter",

@@ -63,6 +63,17 @@ LABEL_BOOT = "io.sandbox-host.boot-dir"
 LABEL_UID = "io.sandbox-host.uid"
 LABEL_VOLUME = "io.sandbox-host.volume"
 LABEL_DRIVER = "io.sandbox-host.volume-driver"
+LABEL_EGRESS = "io.sandbox-host.egress"  # the session's egress policy (provisioning.egress), read by the guard
+
+# -- the sessions' network ---------------------------------------------------------------------
+# The Docker bridge network sessions join (made and guarded by the volume service: inter-container
+# traffic off, its bridge device named as the network, an nftables table per bridge).
+SESSION_NETWORK = "sandbox-host"
+
+
+def config_network_name(network: str) -> str:
+    """On swarm nodes: the config-only network each node keeps for the swarm's sessions' network."""
+    return f"{network}-config"
 
 # Exit status of an executor whose workspace died under it: the session ended as failed.
 EXIT_WORKSPACE_LOST = 75

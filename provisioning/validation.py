@@ -356,12 +356,20 @@ def absolute_path(field: str, value: str) -> str:
     return value
 
 
-NETWORK_MODES = ("bridge", "host", "none")
+_NETWORK_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,14}")
 
 
 def network(value: str) -> str:
-    if value not in NETWORK_MODES:
-        raise ValidationError("network", value, "must be one of " + ", ".join(NETWORK_MODES))
+    """The Docker network sessions join: a sandbox network's name (its bridge device takes the
+    name, hence at most 15 characters), or ``host`` (the in-container mount only)."""
+    if value == "none":
+        raise ValidationError("network", value, "to give a session no network, set egress = none")
+    if value == "bridge":
+        raise ValidationError("network", value, "Docker's default bridge lets sessions reach each other and the "
+                              "host; sessions join the sandbox network (the default, sandbox-host)")
+    if not isinstance(value, str) or not _NETWORK_RE.fullmatch(value):
+        raise ValidationError("network", value, "give a network name of at most 15 characters (a-z, 0-9, '-'), "
+                              "e.g. sandbox-host, or host")
     return value
 
 

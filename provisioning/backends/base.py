@@ -39,6 +39,7 @@ class SessionInfo:
     node: str
     detail: str = ""
     launch_seconds: float | None = None
+    egress: str = ""  # the session's egress policy (provisioning.egress)
 
     def require_running(self) -> None:
         """Refuse to reach the executor of a session that is not running, saying why."""

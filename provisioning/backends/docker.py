@@ -24,6 +24,7 @@ from ..resources import executor_app_dir
 from ..uids import UidLeases
 from ..validation import SessionId
 from .base import SessionInfo, SessionSpec
+from .container import SessionContainer, describe
 
 if TYPE_CHECKING:
     import docker
@@ -109,6 +110,7 @@ class DockerBackend:
             node=self.node,
             detail=detail,
             launch_seconds=launch_seconds,
+            egress=labels.get(facts.LABEL_EGRESS, ""),
         )
 
     def find(self, session_id: SessionId) -> SessionInfo | None:
@@ -200,55 +202,16 @@ class DockerBackend:
             pass  # still in use by a container being removed; `stop` removes it again
 
     def _create_container(self, spec: SessionSpec, control: Path, boot: Path) -> Container:
-        from docker.types import DriverConfig, LogConfig, Mount
+        from docker.types import Mount
 
-        settings, plan, sid = spec.settings, spec.plan, spec.session_id
-        labels = {
-            facts.LABEL_MANAGED: "true",
-            facts.LABEL_SESSION: sid,
-            facts.LABEL_BUCKET: settings.bucket,
-            facts.LABEL_STRATEGY: spec.strategy,
-            facts.LABEL_CONTROL: str(control),
-            facts.LABEL_BOOT: str(boot),
-            facts.LABEL_UID: str(spec.uid),
-        }
-        mounts = [
-            Mount(facts.CONTROL_DIR, str(control), type="bind"),
-            Mount(facts.EXECUTOR_DIR, str(executor_app_dir()), type="bind", read_only=True),
-        ]
-        if plan.boot_files:  # rw: the entrypoint deletes the credentials once read
+        # How the executor reaches the host here: its socket in a per-session directory, its code
+        # bound read-only from the host's package (and the in-container entrypoint's boot files).
+        mounts = [Mount(facts.CONTROL_DIR, str(control), type="bind"),
+                  Mount(facts.EXECUTOR_DIR, str(executor_app_dir()), type="bind", read_only=True)]
+        if spec.plan.boot_files:  # rw: the entrypoint deletes the credentials once read
             mounts.append(Mount(facts.BOOT_DIR, str(boot), type="bind"))
-        if plan.volume is not None:
-            labels[facts.LABEL_VOLUME] = plan.volume.name
-            labels[facts.LABEL_DRIVER] = plan.volume.driver
-            mounts.append(Mount(plan.volume.target, plan.volume.name, type="volume", no_copy=True,
-                                driver_config=DriverConfig(plan.volume.driver, plan.volume.options)))
-        tmpfs = {"/tmp": f"rw,nosuid,nodev,size={settings.tmp_size},mode=1777", **plan.tmpfs}
-        return self.client.containers.create(
-            settings.image,
-            name=facts.container_name(sid),
-            labels=labels,
-            user=plan.user or "0:0",
-            entrypoint=plan.entrypoint,
-            command=[],  # the image's own ENTRYPOINT/CMD never run
-            environment={"PATH": facts.EXECUTOR_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "SANDBOX_SESSION_ID": sid},
-            working_dir="/",
-            network_mode=settings.network,
-            devices=plan.devices,
-            cap_drop=["ALL"],
-            cap_add=plan.cap_add,
-            security_opt=["no-new-privileges", *plan.security_opt],
-            read_only=True,
-            tmpfs=tmpfs,
-            mounts=mounts,
-            mem_limit=settings.memory,
-            memswap_limit=settings.memory,
-            nano_cpus=int(settings.cpus * 1e9),
-            pids_limit=settings.pids_limit,
-            log_config=LogConfig(type="json-file", config={"max-size": settings.log_max_size, "max-file": "2"}),
-            init=False,
-            detach=True,
-        )
+        container = describe(spec, spec.plan.entrypoint, {facts.LABEL_CONTROL: str(control), facts.LABEL_BOOT: str(boot)})
+        return self.client.containers.create(**create_arguments(container, mounts), detach=True)
 
     def launch(self, spec: SessionSpec) -> SessionInfo:
         started = time.monotonic()
@@ -438,3 +401,40 @@ def _write_private(path: Path, item: BootFile) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, item.mode)
     with os.fdopen(fd, "wb") as handle:
         handle.write(item.data)
+
+
+def create_arguments(container: SessionContainer, mounts: list[Any]) -> dict[str, Any]:
+    """The session's container as the Docker SDK's ``containers.create`` takes it: every part of
+    the description (tests/unit/test_hardening.py checks none is dropped), plus ``mounts``."""
+    from docker.types import DriverConfig, LogConfig, Mount
+
+    workspace = container.workspace
+    if workspace is not None:
+        mounts = [*mounts, Mount(workspace.target, workspace.name, type="volume", no_copy=True,
+                                 driver_config=DriverConfig(workspace.driver, workspace.options))]
+    return {
+        "image": container.image,
+        "name": container.name,
+        "labels": container.labels,
+        "entrypoint": list(container.command),
+        "command": [],  # the image's own ENTRYPOINT/CMD never run
+        "environment": container.env,
+        "working_dir": container.workdir,
+        "user": container.user,
+        "cap_drop": list(container.cap_drop),
+        "cap_add": list(container.cap_add),
+        "devices": list(container.devices),
+        "security_opt": [*(["no-new-privileges"] if container.no_new_privileges else []), *container.security_opt],
+        "read_only": container.read_only_root,
+        "tmpfs": {t.target: f"rw,nosuid,nodev{',noexec' if t.noexec else ''},size={t.size_bytes},mode={t.mode:o}"
+                  for t in container.tmpfs},
+        "mounts": mounts,
+        "mem_limit": container.memory_bytes,
+        "memswap_limit": container.memory_bytes,  # no swap beyond the memory limit
+        "nano_cpus": container.nano_cpus,
+        "pids_limit": container.pids_limit,
+        "log_config": LogConfig(type="json-file", config={"max-size": container.log_max_size,
+                                                         "max-file": str(container.log_files)}),
+        "network_mode": container.network if container.egress.networked else "none",
+        "init": container.init,
+    }

@@ -27,8 +27,8 @@ from ..executor_client import ExecutorError, RemoteExecutor, client_context
 from ..hostinfo import docker_client
 from ..uids import known_to_host
 from ..validation import SessionId
-from ..volumed.staging import size_bytes
 from .base import SessionInfo, SessionSpec
+from .container import SessionContainer, describe
 
 NODE_LABEL = "io.sandbox-host.sandbox"  # nodes that take sessions: node.labels.io.sandbox-host.sandbox == true
 LABEL_NODE = "io.sandbox-host.node"
@@ -99,40 +99,18 @@ class SwarmBackend:
 
     # -- launch -----------------------------------------------------------------------------------
     def _spec(self, spec: SessionSpec) -> tuple[TaskTemplate, dict[str, str]]:
-        settings, plan, sid, uid = spec.settings, spec.plan, spec.session_id, spec.uid
+        plan, sid, uid = spec.plan, spec.session_id, spec.uid
         if plan.volume is None or plan.devices or plan.cap_add:
             raise SessionError("the swarm backend runs host-mounted sessions only (Swarm gives services no "
                                "devices and no SYS_ADMIN): set mount = host")
-        labels = {facts.LABEL_MANAGED: "true", facts.LABEL_SESSION: sid, facts.LABEL_BUCKET: settings.bucket,
-                  facts.LABEL_STRATEGY: spec.strategy, facts.LABEL_UID: str(uid),
-                  facts.LABEL_VOLUME: plan.volume.name}
-        options = {**plan.volume.options, "ephemeral": "true"}
-        control = facts.control_volume_name(sid, uid)
-        mounts = [
-            Mount(plan.volume.target, plan.volume.name, type="volume", no_copy=True,
-                  driver_config=DriverConfig(plan.volume.driver, options)),
-            Mount(facts.CONTROL_MOUNT, control, type="volume", no_copy=True,
-                  driver_config=DriverConfig(plan.volume.driver, options)),
-            Mount("/tmp", None, type="tmpfs", tmpfs_size=size_bytes(settings.tmp_size), tmpfs_mode=0o1777),
-        ]
+        # How the executor reaches the node here: its code and its socket come from a control
+        # volume of the node's driver (the workspace's driver), mounted at CONTROL_MOUNT.
         command = ["python3", "-I", "-S", f"{facts.CONTROL_MOUNT}/app/executor.py",
                    "--socket", f"{facts.CONTROL_MOUNT}/sock/{facts.SOCKET_NAME}", "--workspace", facts.MOUNTPOINT]
-        container = ContainerSpec(
-            settings.image, command=command, args=[], user=f"{uid}:{uid}", workdir="/",
-            env={"PATH": facts.EXECUTOR_PATH, "HOME": "/tmp", "LANG": "C.UTF-8", "SANDBOX_SESSION_ID": sid},
-            labels=labels, mounts=mounts, read_only=True, cap_drop=["ALL"], cap_add=[],
-            stop_grace_period=STOP_GRACE_SECONDS * 10**9, stop_signal="SIGTERM",
-        )
-        memory = size_bytes(settings.memory)
-        resources = Resources(cpu_limit=_nanos(settings.cpus), mem_limit=memory,
-                              cpu_reservation=_nanos(min(settings.cpus_reserved, settings.cpus)), mem_reservation=memory)
-        resources["Limits"]["Pids"] = settings.pids_limit
-        task = TaskTemplate(
-            container, resources=resources, restart_policy=RestartPolicy(condition="none"),
-            placement=Placement(constraints=[f"node.labels.{NODE_LABEL} == true"]),
-            log_driver={"Name": "json-file", "Options": {"max-size": settings.log_max_size, "max-file": "2"}},
-        )
-        return task, labels
+        container = describe(spec, command, {})
+        control = Mount(facts.CONTROL_MOUNT, facts.control_volume_name(sid, uid), type="volume", no_copy=True,
+                        driver_config=DriverConfig(plan.volume.driver, {**plan.volume.options, "ephemeral": "true"}))
+        return task_template(container, [control], spec.settings.cpus_reserved), container.labels
 
     def launch(self, spec: SessionSpec) -> SessionInfo:
         started = time.monotonic()
@@ -180,6 +158,8 @@ class SwarmBackend:
             time.sleep(0.05)
 
     def _wait_ready(self, sid: SessionId, node: dict[str, Any], timeout: float) -> None:
+        """Until the executor reports a mounted workspace and the node holds the session to its
+        egress policy (until then it reaches nothing; no user code runs before both)."""
         executor = self._remote(sid, node)
         deadline = time.monotonic() + timeout
         last = "no answer yet"
@@ -240,9 +220,10 @@ class SwarmBackend:
         return SessionInfo(
             session_id=sid, container_id=service.id, container_name=service.name, status=status,
             image=service.attrs["Spec"]["TaskTemplate"]["ContainerSpec"]["Image"].split("@")[0],
-            network="default", bucket=labels.get(facts.LABEL_BUCKET, ""), prefix=f"{facts.session_prefix(sid)}/",
-            mount=labels.get(facts.LABEL_STRATEGY, ""), uid=int(labels.get(facts.LABEL_UID, "0") or 0),
-            node=node_name, detail=detail, launch_seconds=launch_seconds,
+            network=self.settings.network, bucket=labels.get(facts.LABEL_BUCKET, ""),
+            prefix=f"{facts.session_prefix(sid)}/", mount=labels.get(facts.LABEL_STRATEGY, ""),
+            uid=int(labels.get(facts.LABEL_UID, "0") or 0), node=node_name, detail=detail,
+            launch_seconds=launch_seconds, egress=labels.get(facts.LABEL_EGRESS, ""),
         )
 
     def _node(self, node_id: str) -> dict[str, Any]:
@@ -340,3 +321,42 @@ class SwarmBackend:
                 return
         raise SessionNotFound(f"no node {node_name} in this swarm")
 
+
+
+def task_template(container: SessionContainer, mounts: list[Mount], cpus_reserved: float) -> TaskTemplate:
+    """The session's container as a Swarm service's one task: every part of the description
+    (tests/unit/test_hardening.py checks none is dropped), plus ``mounts``, placement and a
+    reservation that makes Swarm's spread placement see real load. What Swarm (20.10) cannot
+    express is refused here rather than dropped."""
+    if container.devices or container.security_opt or any(t.noexec for t in container.tmpfs):
+        raise SessionError("Swarm services take no devices, security options or noexec tmpfs: set mount = host")
+    if container.no_new_privileges and not any(part.endswith("/executor.py") for part in container.command):
+        # Swarm 20.10 has no no-new-privileges for services: the executor sets it on itself.
+        raise SessionError("a swarm session must run the executor, which sets no-new-privileges on itself")
+    workspace = container.workspace
+    assert workspace is not None  # the swarm backend's _spec refuses a session without one
+    mounts = [
+        Mount(workspace.target, workspace.name, type="volume", no_copy=True,
+              driver_config=DriverConfig(workspace.driver, {**workspace.options, "ephemeral": "true"})),
+        *mounts,
+        *(Mount(t.target, None, type="tmpfs", tmpfs_size=t.size_bytes, tmpfs_mode=t.mode) for t in container.tmpfs),
+    ]
+    spec = ContainerSpec(
+        container.image, command=list(container.command), args=[], user=container.user, workdir=container.workdir,
+        env=container.env, labels=container.labels, mounts=mounts, read_only=container.read_only_root,
+        cap_drop=list(container.cap_drop), cap_add=list(container.cap_add), init=container.init,
+        stop_grace_period=STOP_GRACE_SECONDS * 10**9, stop_signal="SIGTERM",
+    )
+    resources = Resources(cpu_limit=container.nano_cpus, mem_limit=container.memory_bytes,
+                          cpu_reservation=min(_nanos(cpus_reserved), container.nano_cpus),
+                          mem_reservation=container.memory_bytes)
+    resources["Limits"]["Pids"] = container.pids_limit
+    return TaskTemplate(
+        spec, resources=resources, restart_policy=RestartPolicy(condition="none"),
+        placement=Placement(constraints=[f"node.labels.{NODE_LABEL} == true"]),
+        log_driver={"Name": "json-file", "Options": {"max-size": container.log_max_size,
+                                                     "max-file": str(container.log_files)}},
+        # Swarm cannot attach a service to "none": a session whose egress is none joins the
+        # sandbox network too, where its rule drops everything it sends.
+        networks=[container.network],
+    )

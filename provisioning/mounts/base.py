@@ -2,8 +2,8 @@
 
 A strategy turns a session into a :class:`WorkspacePlan`: what the session container needs
 for its workspace (a user, an entrypoint, devices, capabilities, files, a volume) and what must
-exist in S3 before it starts. The launcher merges the plan into the container's common
-hardening; a backend (where sessions run) realizes it."""
+exist in S3 before it starts. ``backends/container.py`` describes the session's container from
+the plan, with the confinement every session gets; a backend (where sessions run) realizes it."""
 
 from __future__ import annotations
 
