@@ -54,7 +54,7 @@ PROBE = textwrap.dedent("""
 
     out = {}
     for backend in ("docker", "swarm"):
-        manager = SessionManager(config.load({"backend": backend, "network": "none", "memory": "256m"}))
+        manager = SessionManager(config.load({"backend": backend, "egress": "none", "memory": "256m"}))
         times = []
         for _ in range(runs + 1):
             sid = "b" + uuid.uuid4().hex[:10]
@@ -73,7 +73,7 @@ PROBE = textwrap.dedent("""
                         "sessions_per_s": round(batch / wall, 2)}
 
     # What idle sessions cost this host: memory and CPU, beyond what their limits allow them.
-    manager = SessionManager(config.load({"backend": "docker", "network": "none", "memory": "256m"}))
+    manager = SessionManager(config.load({"backend": "docker", "egress": "none", "memory": "256m"}))
     time.sleep(2)
     before, busy0 = memory_available(), cpu_busy()
     ids = ["i" + uuid.uuid4().hex[:10] for _ in range(idle)]

@@ -280,12 +280,13 @@ def bench_store(store: Store, client: Any, image: str, work: Path, plan: dict[st
     result: dict[str, Any] = {"s3_server": store.description, "strategies": {}}
     service_settings = {"s3_endpoint": store.endpoint, "bucket": bucket, "access_key": store.access_key,
                         "secret_key": store.secret_key, "sts_role_arn": store.role_arn}
-    with VolumeService(service_settings, work, driver=BENCH_DRIVER):
+    with VolumeService(service_settings, work, driver=BENCH_DRIVER) as service:
         result["boto3"] = {f"{mb}MB": boto3_io(base, mb, plan["files"], plan["reps"]) for mb in plan["sizes"]}
         result["bare_docker_batch"] = bare_docker_batch(image, plan["batch"])
         for strategy in STRATEGIES:
             # The host strategy needs no network; s3fs in the container reaches the loopback store.
-            settings = replace(base, mount=strategy, network="none" if strategy == "host" else "host")
+            settings = (replace(base, mount=strategy, network=service.network, egress="none") if strategy == "host"
+                        else replace(base, mount=strategy, network="host"))
             manager = SessionManager(settings, client=client, storage=storage)
             row: dict[str, Any] = {}
             print(f"[{store.name}/{strategy}] launch ...", file=sys.stderr, flush=True)

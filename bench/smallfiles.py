@@ -118,11 +118,11 @@ def run_set(name: str, mounter: str, options: dict[str, object]) -> dict[str, An
     service = {"s3_endpoint": host.s3_endpoint, "bucket": host.bucket, "access_key": host.access_key,
                "secret_key": host.secret_key, "scoped_credentials": host.scoped_credentials,
                "s3fs_options": options}
-    settings = config.load({"volume_driver": DRIVER, "network": "none", "memory": "1g", "tmp_size": "300m",
-                            "mounter": mounter})
-    manager, storage = SessionManager(settings), SessionStorage(settings.validated())
     sid = "sf" + uuid.uuid4().hex[:10]
-    with tempfile.TemporaryDirectory() as work, VolumeService(service, Path(work), driver=DRIVER):
+    with tempfile.TemporaryDirectory() as work, VolumeService(service, Path(work), driver=DRIVER) as volumes:
+        settings = config.load({"volume_driver": DRIVER, "network": volumes.network, "egress": "none",
+                                "memory": "1g", "tmp_size": "300m", "mounter": mounter, "s3fs_options": options})
+        manager, storage = SessionManager(settings), SessionStorage(settings.validated())
         return measure(name, mounter, options, manager, storage, sid)
 
 

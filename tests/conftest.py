@@ -94,7 +94,6 @@ def base_settings(s3_store: Store, session_bucket: str, tmp_path: Path) -> Setti
         secret_key=s3_store.secret_key,
         sts_role_arn=s3_store.role_arn,
         image=os.environ.get("SANDBOX_TEST_IMAGE", "sandbox-executor:latest"),
-        network="host",
         state_dir=str(state),
         ready_timeout=30,
     )

@@ -7,6 +7,7 @@ import os
 import secrets
 import shutil
 import socket
+import threading
 import time
 from pathlib import Path
 
@@ -228,10 +229,15 @@ class DockerBackend:
             volume_made = plan.volume is not None  # from here on Docker may have made it (see _discard)
             container = self._create_or_replace(spec, control, boot)
             container.start()
+            # The session's network rule goes in while the executor starts; user code runs only
+            # after both (and until its rule is in, the session reaches nothing: fail-closed).
+            guarded = _Guarded(spec.settings, container.id)
             peer = self._wait_ready(container, spec.settings.ready_timeout)
+            guarded.result()
         except BaseException as exc:
             reason = None
-            if container is not None and isinstance(exc, SessionError | ExecutorError | docker.errors.APIError):
+            if (container is not None and isinstance(exc, SessionError | ExecutorError | docker.errors.APIError)
+                    and not isinstance(exc, NetworkRuleError)):
                 reason = self._failure_reason(container, exc)
             # Refused before any volume was made (a live session's id, a missing image): Docker
             # reserves the name and finds the image before it creates volumes.
@@ -261,6 +267,10 @@ class DockerBackend:
                     f"image {spec.settings.image} not found; build it with 'sandbox-host image build'"
                 ) from None
             except docker.errors.APIError as exc:
+                if exc.status_code == 404 and "network" in _docker_error(exc):
+                    raise SessionError(f"the sessions' network {spec.settings.network} does not exist on this host: "
+                                       "the volume service makes it at start; start it (systemctl start "
+                                       "sandbox-host-volumes, or /etc/init.d/sandbox-host-volumes start)") from None
                 if exc.status_code != 409:
                     raise SessionError(f"cannot create the container for session {sid}: {_docker_error(exc)}") from None
                 existing = self._container(sid)
@@ -385,6 +395,42 @@ def _undrained(session_id: SessionId, labels: dict[str, str]) -> str:
     if not answer.get("Released"):
         return f"the volume driver did not release the workspace in {facts.DRAIN_TIMEOUT + 30:g}s"
     return "; ".join(map(str, answer.get("Undrained") or []))
+
+
+class NetworkRuleError(SessionError):
+    kind = "network"
+
+
+class _Guarded:
+    """Asks the volume service, in the background, to put the container's egress rule in place
+    (sessions on the sandbox network; one with no network needs none)."""
+
+    def __init__(self, settings: ValidSettings, container_id: str) -> None:
+        self._error: str | None = None
+        self._thread: threading.Thread | None = None
+        if settings.egress_policy.networked and settings.network != "host":
+            self._thread = threading.Thread(target=self._admit, args=(settings.volume_driver, container_id),
+                                            name="egress-admit", daemon=True)
+            self._thread.start()
+
+    def _admit(self, driver: str, container_id: str) -> None:
+        from ..volumed.client import call
+
+        try:
+            answer = call(driver, "SandboxHost.Egress", {"Container": container_id}, timeout=20)
+        except SandboxHostError as exc:
+            self._error = str(exc)
+            return
+        if answer.get("Err"):
+            self._error = str(answer["Err"])
+
+    def result(self) -> None:
+        if self._thread is None:
+            return
+        self._thread.join(30)
+        if self._thread.is_alive() or self._error is not None:
+            raise NetworkRuleError(f"the session's network rule could not be put in place: "
+                               f"{self._error or 'the volume service did not answer in 30s'}")
 
 
 def _volume_failure(driver: str, volume: str) -> str:

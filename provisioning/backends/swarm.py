@@ -170,6 +170,10 @@ class SwarmBackend:
                 last = str(exc)
             else:
                 if health.get("ok"):
+                    status, body, _peer = executor.request("POST", "/egress", {}, timeout=20)
+                    if status != 200:
+                        raise SessionError(f"session {sid}: the node could not put its network rule in place: "
+                                           f"{str(body.get('error'))[:500]}")
                     return
                 last = f"executor reports: {health.get('detail')}"
             time.sleep(0.05)

@@ -12,6 +12,7 @@ total deadline and a size cap.
     POST /v1/sessions/<id>/exec      (the executor's own /exec body and answer)
     GET  /v1/sessions/<id>/released  (200 once the workspace is unmounted: every write in S3;
                                       202 after 30 s of waiting)
+    POST /v1/sessions/<id>/egress    (200 once the session's egress rule is in this node's kernel)
 """
 
 from __future__ import annotations
@@ -32,12 +33,13 @@ from ..errors import SandboxHostError
 from ..executor_client import EXEC_MARGIN, ExecutorClient
 from ..procs import ProcessRef
 from ..validation import session_id
+from .netguard import NetworkGuard
 from .volumes import VolumeManager
 
 CONTROL_PLANE_CN = "sandbox-host control plane"
 MAX_BODY = 40 << 20  # an /exec request: its stdin (base64) and arguments
 HANDSHAKE_TIMEOUT = 10.0
-_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|exec|released)")
+_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|exec|released|egress)")
 
 
 @dataclass(frozen=True)
@@ -122,9 +124,10 @@ class GatewayServer(ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], manager: VolumeManager, tls: TLSFiles,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+                 log: Callable[[str], None] = lambda _m: None, guard: NetworkGuard | None = None) -> None:
         self.manager = manager
         self.log = log
+        self.guard = guard
         self.context = server_context(tls)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
@@ -138,6 +141,13 @@ class GatewayServer(ThreadingHTTPServer):
         pass  # a refused or broken connection is not worth a traceback
 
     def forward(self, sid: str, what: str, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if what == "egress":
+            if method != "POST":
+                return 405, {"error": "use POST"}
+            if self.guard is None:
+                return 502, {"error": "this node's volume service guards no network", "kind": "network"}
+            rule = self.guard.admit(session_id=sid)
+            return 200, {"address": str(rule.address), "policy": str(rule.policy)}
         if what == "released":
             released, undrained = self.manager.wait_released(sid, timeout=30)
             return (200 if released else 202), {"released": released, "undrained": undrained}
@@ -166,9 +176,9 @@ class GatewayServer(ThreadingHTTPServer):
 
 
 def serve(manager: VolumeManager, listen: str, tls: TLSFiles, log: Callable[[str], None],
-          stop: threading.Event) -> None:
+          stop: threading.Event, guard: NetworkGuard | None = None) -> None:
     host, _, port = listen.rpartition(":")
-    server = GatewayServer((host.strip("[]") or "0.0.0.0", int(port or facts.GATEWAY_PORT)), manager, tls, log)
+    server = GatewayServer((host.strip("[]") or "0.0.0.0", int(port or facts.GATEWAY_PORT)), manager, tls, log, guard)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
     log(f"executor gateway listening on {listen} (mutual TLS)")
     stop.wait()

@@ -15,6 +15,7 @@ from typing import Any
 
 from .. import facts
 from ..errors import SandboxHostError
+from .netguard import NetworkGuard
 from .volumes import VolumeManager
 
 CONTENT_TYPE = "application/vnd.docker.plugins.v1.2+json"
@@ -72,9 +73,11 @@ class _Handler(BaseHTTPRequestHandler):
 class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     daemon_threads = True
 
-    def __init__(self, path: Path, manager: VolumeManager, log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(self, path: Path, manager: VolumeManager, log: Callable[[str], None] = lambda _m: None,
+                 guard: NetworkGuard | None = None) -> None:
         self.manager = manager
         self.log = log
+        self.guard = guard
         self.routes: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
             "/Plugin.Activate": lambda _b: {"Implements": ["VolumeDriver"]},
             "/VolumeDriver.Capabilities": lambda _b: {"Capabilities": {"Scope": "local"}},
@@ -87,6 +90,7 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/VolumeDriver.List": self._list,
             "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
             "/SandboxHost.Released": self._released,
+            "/SandboxHost.Egress": self._egress,
             "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
                                             "Err": ""},
         }
@@ -149,6 +153,17 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                                          min(float(body.get("Timeout", 30)), facts.DRAIN_TIMEOUT + 60))
         return {"Released": released, "Undrained": undrained, "Err": ""}
 
+    def _egress(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Once the session container's egress rule is in the kernel: its address and policy."""
+        container = body.get("Container")
+        if not isinstance(container, str) or not container:
+            raise SandboxHostError("the request names no container")
+        if self.guard is None:
+            raise SandboxHostError(f"this volume service guards no network (network = "
+                                   f"{self.manager.settings.network}); sessions cannot join one")
+        rule = self.guard.admit(container_id=container)
+        return {"Address": str(rule.address), "Policy": str(rule.policy), "Err": ""}
+
     def _get(self, body: dict[str, Any]) -> dict[str, Any]:
         return {"Volume": self._describe(self._name(body)), "Err": ""}
 
@@ -157,10 +172,10 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
 
 
 def serve(manager: VolumeManager, socket_path: Path, log: Callable[[str], None],
-          stop: threading.Event | None = None) -> None:
+          stop: threading.Event | None = None, guard: NetworkGuard | None = None) -> None:
     """Serve until ``stop`` is set (or forever). Stopping leaves every mount in place: a new
     instance adopts them (:meth:`VolumeManager.adopt`)."""
-    server = PluginServer(socket_path, manager, log)
+    server = PluginServer(socket_path, manager, log, guard)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.2}, daemon=True)
     thread.start()
     log(f"volume driver listening on {socket_path}")

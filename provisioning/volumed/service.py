@@ -8,9 +8,11 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from .. import facts
 from ..config import ValidSettings
+from .netguard import NetworkGuard, docker
 from .plugin import serve
 from .volumes import VolumeManager
 
@@ -31,6 +33,12 @@ def _docker_remove(name: str) -> None:
         docker.from_env(timeout=30).api.remove_volume(name, force=True)
     except (docker.errors.DockerException, OSError) as exc:
         _log(f"{name}: cannot remove the ephemeral volume from Docker: {exc}")
+
+
+def _docker() -> Any:
+    import docker
+
+    return docker.from_env(timeout=30)
 
 
 PROBE_VOLUME = "sandbox-host-engine-probe"
@@ -76,23 +84,32 @@ def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Pat
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_a: stop.set())
+    # The Docker SDK is loaded here, in this thread, before any other thread touches it (the
+    # runtime imports it lazily, and a lazy module is not safe to load from two threads at once).
+    _ = docker.errors
+    guard = None
+    if settings.network != "host":
+        guard = NetworkGuard(settings.network, _docker, _log, fleet=bool(settings.gateway_listen))
+        threading.Thread(target=guard.run, args=(stop,), name="network-guard", daemon=True).start()
     threading.Thread(target=announce, args=(driver, stop, manager), name="announce", daemon=True).start()
     if settings.gateway_listen:
         from .gateway import TLSFiles
         from .gateway import serve as serve_gateway
 
         tls = TLSFiles(Path(settings.tls_ca), Path(settings.tls_node_cert), Path(settings.tls_node_key))
-        threading.Thread(target=serve_gateway, args=(manager, settings.gateway_listen, tls, _log, stop),
+        threading.Thread(target=serve_gateway, args=(manager, settings.gateway_listen, tls, _log, stop, guard),
                          name="gateway", daemon=True).start()
-    serve(manager, socket_path(driver, plugin_dir), _log, stop)
+    serve(manager, socket_path(driver, plugin_dir), _log, stop, guard)
     _log("stopped; mounts left in place for the next start")
     return 0
 
 
-def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None = None) -> list[str]:
+def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None = None,
+          network: str | None = None) -> list[str]:
     """Remove everything a *stopped* service of this driver name left: unmount its workspaces
-    (s3fs then exits) and staging areas, delete its directories. For tests and decommissioning;
-    live sessions of that driver lose their workspace. Returns what was unmounted."""
+    (s3fs then exits) and staging areas, delete its directories; with ``network``, the sessions'
+    network it guarded and its firewall table. For tests and decommissioning; live sessions of
+    that driver lose their workspace (and their network). Returns what was unmounted."""
     import shutil
     import subprocess
 
@@ -106,4 +123,11 @@ def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None =
         subprocess.run(["umount", "-l", target], capture_output=True)
     shutil.rmtree(data, ignore_errors=True)
     shutil.rmtree(state, ignore_errors=True)
+    if network and network != "host":
+        client = _docker()
+        try:
+            client.networks.get(network).remove()
+        except docker.errors.NotFound:
+            pass
+        NetworkGuard(network, lambda: client).remove()
     return targets

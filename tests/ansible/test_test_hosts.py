@@ -6,9 +6,11 @@ can take. Traffic stays between the test hosts (the outer engine's bridge) and l
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import secrets
+import textwrap
 import sys
 import time
 from collections import Counter
@@ -116,7 +118,7 @@ def test_doctor_passes_bucket_and_image(host) -> None:
 def test_session_mounts_its_prefix_and_round_trips(host) -> None:
     """A session of this host's own engine (the docker backend), host strategy."""
     sid = "th" + secrets.token_hex(4)
-    created = json.loads(host.check_output(f"sandbox-host session create {sid} --network host --json"))
+    created = json.loads(host.check_output(f"sandbox-host session create {sid} --egress none --json"))
     try:
         mounts = host.check_output(f"docker exec {created['container_name']} cat /proc/mounts")
         assert any(line.split()[1:3] == ["/workspace", "fuse.s3fs"] for line in mounts.splitlines()), mounts
@@ -165,6 +167,94 @@ def test_fleet_places_sessions_across_nodes(manager) -> None:
     for sid in ids[:8]:
         fleet(manager, "session", "stop", sid)
     assert set(ids[8:]) <= set(fleet_sessions(manager))
+
+
+# A listener that daemonizes (the exec returns at once), and a probe; both travel as base64, which
+# no shell between here and the session mangles.
+LISTENER = textwrap.dedent("""
+    import os, socket, sys
+    address, port, name = sys.argv[1].split(",")
+    s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1); s.bind((address, int(port)))
+    s.listen(16)
+    if os.fork():
+        os._exit(0)
+    os.setsid()
+    devnull = os.open(os.devnull, os.O_RDWR)
+    for fd in (0, 1, 2):
+        os.dup2(devnull, fd)
+    while True:
+        c, _ = s.accept()
+        try:
+            c.settimeout(2); c.recv(4096); c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n" + name.encode())
+        except OSError:
+            pass
+        c.close()
+""")
+PROBE = textwrap.dedent("""
+    import json, socket, sys, threading
+    out = {}
+    def probe(target):
+        host, port = target.rsplit(":", 1)
+        s = socket.socket(); s.settimeout(1.5)
+        try:
+            s.connect((host, int(port))); s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
+            out[target] = s.recv(200).decode(errors="replace").split("\\r\\n\\r\\n", 1)[-1] or "open"
+        except OSError as exc:
+            out[target] = type(exc).__name__
+        finally:
+            s.close()
+    threads = [threading.Thread(target=probe, args=(t,)) for t in sys.argv[1:]]
+    [t.start() for t in threads]; [t.join() for t in threads]
+    print(json.dumps(out))
+""")
+
+
+def in_session(manager, sid: str, script: str, *args: str) -> str:
+    code = base64.b64encode(script.encode()).decode()
+    return fleet(manager, "session", "exec", sid, "--", "python3", "-c", f"'import base64;exec(base64.b64decode(\"{code}\"))'",
+                 *args)
+
+
+def session_address(node: str, sid: str) -> str:
+    host = testinfra.get_host(f"docker://{node}")
+    container = host.check_output(f"docker ps -q --filter label=io.sandbox-host.session={sid}").strip()
+    return host.check_output(f"docker inspect --format '{{{{(index .NetworkSettings.Networks \"sandbox-host\").IPAddress}}}}' "
+                             f"{container}").strip()
+
+
+def test_a_fleet_session_reaches_neither_a_node_nor_a_gateway_nor_another_session(manager) -> None:
+    """Swarm cannot attach a service to none: a fleet session joins the swarm's sandbox network,
+    which is a bridge of each node's own (no inter-container traffic), guarded by the node's volume
+    service like a local one. From a session: every node's gateway and object store, and other
+    sessions' listeners (on its node and on others), stay shut."""
+    ids = [f"n{i}{secrets.token_hex(3)}" for i in range(4)]  # four on three nodes: two share one
+    for sid in ids:
+        created = json.loads(fleet(manager, "session", "create", sid, "--memory", "256m", "--json"))
+        assert created["egress"] == "internet", created
+    try:
+        sessions = fleet_sessions(manager)
+        addresses = {sid: session_address(sessions[sid]["node"], sid) for sid in ids}
+        for sid in ids:
+            in_session(manager, sid, LISTENER, f"0.0.0.0,18082,{sid}")
+            # Each listener answers its own session (the door exists).
+            assert json.loads(in_session(manager, sid, PROBE, f"{addresses[sid]}:18082")) == {
+                f"{addresses[sid]}:18082": sid}
+        nodes = json.loads(fleet(manager, "fleet", "nodes", "--json"))
+        gateways = [f"{n['address']}:7443" for n in nodes] + [f"{n['address']}:9000" for n in nodes]
+        by_node = Counter(sessions[sid]["node"] for sid in ids)
+        shared = next(node for node, count in by_node.items() if count > 1)
+        first, neighbour = [sid for sid in ids if sessions[sid]["node"] == shared][:2]
+        others = [f"{addresses[sid]}:18082" for sid in ids if sid != first]
+        seen = json.loads(in_session(manager, first, PROBE, *gateways, *others))
+        assert all(answer in ("TimeoutError", "ConnectionRefusedError", "OSError") for answer in seen.values()), seen
+        assert f"{addresses[neighbour]}:18082" in seen  # the neighbour on the same node was tried
+        # From the node itself, the gateway answers (the door exists).
+        node = testinfra.get_host(f"docker://{shared}")
+        address = next(n["address"] for n in nodes if n["node"] == shared)
+        assert node.socket(f"tcp://{address}:7443").is_listening
+    finally:
+        for sid in ids:
+            fleet(manager, "session", "stop", sid, check=False)
 
 
 def test_a_drained_node_keeps_its_sessions_and_takes_no_new_ones(manager) -> None:

@@ -222,8 +222,9 @@ def write_inventory(path: Path, hosts: dict[str, str], client: docker.DockerClie
               f"object_store_root_password={password}",
               "sandbox_host_config=" + json.dumps({"s3_endpoint": f"http://{store}:9000", "bucket": "sandbox-sessions",
                                                    "access_key": user, "secret_key": password}),
-              # The engine inside a test host: host networking only (sessions there use it).
-              "sandbox_docker_daemon_options={'iptables': False, 'ip6tables': False, 'bridge': 'none'}",
+              # The engine inside a test host: no default bridge (its subnet would be the outer one's);
+              # the sessions' network is the volume service's (or the swarm's) own.
+              "sandbox_docker_daemon_options={'bridge': 'none'}",
               "executor_image_offline=true",
               f"executor_image_base_tarball={offline_base_tarball(client)}"]
     if swarm_manager:

@@ -71,9 +71,13 @@ def mounter() -> str:
 @pytest.fixture
 def settings(base_settings: Settings, executor_image: str, strategy: str, mounter: str,
              volume_service: VolumeService) -> Settings:
-    # The host strategy needs no network at all; s3fs in the container must reach 127.0.0.1.
-    return dataclasses.replace(base_settings, mount=strategy, mounter=mounter, volume_driver=volume_service.driver,
-                               network="none" if strategy == "host" else "host")
+    # The host strategy's sessions need no network (the egress tests give them one); s3fs in the
+    # container must reach the S3 server on 127.0.0.1.
+    base = dataclasses.replace(base_settings, mount=strategy, mounter=mounter, volume_driver=volume_service.driver,
+                               staging_size=STAGING_SIZE)
+    if strategy == "host":
+        return dataclasses.replace(base, network=volume_service.network, egress="none")
+    return dataclasses.replace(base, network="host")
 
 
 @pytest.fixture

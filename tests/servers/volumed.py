@@ -21,6 +21,14 @@ from provisioning.volumed.service import purge, socket_path
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def network_for(driver: str) -> str:
+    """The sessions' network a test service makes and guards: its own (two guards of one network
+    would undo each other), never the host's; at most 15 characters, as its bridge takes the name."""
+    import hashlib
+
+    return "sbxt-" + hashlib.sha256(driver.encode()).hexdigest()[:10]
+
+
 class VolumeService:
     def __init__(self, settings: Mapping[str, Any], workdir: Path, driver: str | None = None) -> None:
         self.driver = driver or f"sbx-test-{secrets.token_hex(4)}"
@@ -28,6 +36,8 @@ class VolumeService:
         self.log = workdir / f"{self.driver}.log"
         values = {k: v for k, v in settings.items() if v not in (None, "")}
         values["volume_driver"] = self.driver
+        values.setdefault("network", network_for(self.driver))
+        self.network = str(values["network"])
         fd = os.open(self.config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as out:
             tomli_w.dump(values, out)
@@ -56,7 +66,7 @@ class VolumeService:
 
     def close(self) -> None:
         self.stop()
-        purge(self.driver)
+        purge(self.driver, network=self.network)
 
     def __enter__(self) -> VolumeService:
         return self.start()
