@@ -76,9 +76,8 @@ def _manager(args: argparse.Namespace) -> SessionManager:
 
 
 def _storage(args: argparse.Namespace) -> SessionStorage:
-    from .storage import SessionStorage
-
-    return SessionStorage(_settings(args).validated())
+    """Where sessions' files live: the same place their workspaces are mounted from."""
+    return _manager(args).storage
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -120,12 +119,7 @@ def cmd_image_build(args: argparse.Namespace) -> int:
 
 # -- sessions ------------------------------------------------------------------------------
 def cmd_session_create(args: argparse.Namespace) -> int:
-    manager = _manager(args)
-    if args.s3fs_option and manager.settings.mount == "host":
-        print("sandbox-host: error: --s3fs-option applies to --mount in-container; host mounts take the volume "
-              "service's s3fs_options (config.toml on the host, then restart sandbox-host-volumes)", file=sys.stderr)
-        return EXIT_USAGE
-    info = manager.create(args.session_id)
+    info = _manager(args).create(args.session_id)
     if args.json:
         print(json.dumps(info.to_json(), sort_keys=True))
     else:
@@ -286,7 +280,9 @@ def cmd_volumes_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_s3_ensure_bucket(args: argparse.Namespace) -> int:
-    storage = _storage(args)
+    from .storage import SessionStorage
+
+    storage = SessionStorage(_settings(args).validated())  # the object store's own step: no volume service yet
     created = storage.ensure_bucket()
     print(f"bucket {storage.settings.bucket} {'created' if created else 'present'}")
     return 0
@@ -344,8 +340,8 @@ def build_parser() -> argparse.ArgumentParser:
     create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     create.add_argument("--pids-limit", type=int, help="process limit")
     create.add_argument("--s3fs-option", action="append", metavar="NAME[=VALUE]",
-                        help="extra s3fs option from the allow-list (repeatable; --mount in-container only: "
-                        "the volume service's s3fs_options apply to host mounts)")
+                        help="extra s3fs option from the allow-list (repeatable; with --mount host the volume "
+                        "service's s3fs_options apply, and other values are refused)")
     create.set_defaults(func=cmd_session_create)
 
     run = session.add_parser("exec", parents=[common], help="run a command in the session as the sandbox user")

@@ -34,6 +34,14 @@ class Credentials:
 
 
 MOUNT_STRATEGIES = ("host", "in-container")
+# What the volume service decides for the workspaces it mounts (host strategy), from its own
+# settings (one truth, never silently overridden):
+# - where a session's data lives, and the network it guards: a launcher must agree;
+SERVICE_LOCATION = ("s3_endpoint", "bucket", "region", "network")
+# - how it mounts and credentials them: a launcher that asks for other values is refused (its
+#   defaults ask for nothing).
+SERVICE_CHOICES = ("s3fs_options", "staging_size", "scoped_credentials", "sts_role_arn", "session_lifetime")
+SERVICE_SETTINGS = SERVICE_LOCATION + SERVICE_CHOICES
 BACKENDS = ("docker", "swarm")
 
 

@@ -34,6 +34,9 @@ class SessionManager:
 
     @property
     def storage(self) -> SessionStorage:
+        """The sessions' files in S3, where their workspaces are mounted from: the mount
+        strategy refuses settings that would put them elsewhere (see HostMount.check)."""
+        self.strategy.check(self.settings)  # once: a strategy remembers settings it agreed with
         if self._storage is None:
             from .storage import SessionStorage  # boto3: not on the exec path
 

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import facts
+from ..config import SERVICE_SETTINGS
 from ..errors import SandboxHostError
 from .netguard import NetworkGuard
 from .volumes import VolumeManager
@@ -90,6 +91,7 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/VolumeDriver.List": self._list,
             "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
             "/SandboxHost.Released": self._released,
+            "/SandboxHost.Settings": self._settings,
             "/SandboxHost.Egress": self._egress,
             "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
                                             "Err": ""},
@@ -152,6 +154,12 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         released, undrained = self.manager.wait_released(str(body.get("Session", "")),
                                                          min(float(body.get("Timeout", 30)), facts.DRAIN_TIMEOUT + 60))
         return {"Released": released, "Undrained": undrained, "Err": ""}
+
+    def _settings(self, _body: dict[str, Any]) -> dict[str, Any]:
+        """What this service decides for the sessions it mounts (no secret): where their data
+        lives, how it is mounted, the network it guards. Launchers refuse to differ."""
+        settings = self.manager.settings
+        return {"Settings": {name: getattr(settings, name) for name in SERVICE_SETTINGS}, "Err": ""}
 
     def _egress(self, body: dict[str, Any]) -> dict[str, Any]:
         """Once the session container's egress rule is in the kernel: its address and policy."""

@@ -19,7 +19,7 @@ import pytest
 
 from provisioning import facts
 from provisioning.config import Settings
-from provisioning.errors import SessionError
+from provisioning.errors import SandboxHostError
 from provisioning.executor_client import ExecutorError
 from provisioning.launcher import SessionManager
 from provisioning.storage import SessionStorage
@@ -252,7 +252,7 @@ def test_workspace_death_with_a_dead_service_is_refused_at_create(settings: Sett
     down = dataclasses.replace(settings, volume_driver="sbx-not-running")
     started = time.monotonic()
     before = state_dirs(settings)
-    with pytest.raises(SessionError, match="volume driver 'sbx-not-running' is not running.*start it"):
+    with pytest.raises(SandboxHostError, match="volume service 'sbx-not-running' does not answer.*start it"):
         SessionManager(down, client=docker_engine, storage=storage).create(session_id())
     assert time.monotonic() - started < 2
     assert state_dirs(settings) == before

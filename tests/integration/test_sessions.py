@@ -18,6 +18,7 @@ from provisioning import facts
 from provisioning.config import Settings
 from provisioning.executor_client import WorkspaceUnavailable
 from provisioning.launcher import SessionError, SessionExists, SessionManager
+from provisioning.mounts import StrategyError
 from provisioning.storage import SessionStorage, StorageError
 from provisioning.uids import known_to_host
 
@@ -240,11 +241,38 @@ def test_file_put_from_outside_shows_within_the_stated_time(manager: SessionMana
     assert waited <= VISIBLE_WITHIN[mounter] + 0.5, waited
 
 
-def test_unreachable_endpoint_fails_before_any_container(settings: Settings, docker_engine: docker.DockerClient) -> None:
+def test_unreachable_endpoint_fails_before_any_container(settings: Settings, docker_engine: docker.DockerClient,
+                                                         tmp_path: Path) -> None:
+    from ..servers.volumed import VolumeService
+
     bad = dataclasses.replace(settings, s3_endpoint="http://127.0.0.1:9")
-    with pytest.raises(StorageError, match="unreachable"):
-        SessionManager(bad, client=docker_engine).create(session_id())
+    if settings.mount == "host":  # the endpoint is the volume service's: one that cannot reach it
+        service_settings = {name: getattr(bad, name) for name in ("s3_endpoint", "bucket", "access_key", "secret_key",
+                                                                  "sts_role_arn", "staging_size")}
+        with VolumeService(service_settings, tmp_path, driver="sandbox-host-test-broken") as service:
+            with pytest.raises(StorageError, match="unreachable"):
+                SessionManager(dataclasses.replace(bad, volume_driver=service.driver, network=service.network),
+                               client=docker_engine).create(session_id())
+    else:
+        with pytest.raises(StorageError, match="unreachable"):
+            SessionManager(bad, client=docker_engine).create(session_id())
     assert containers_for(docker_engine, settings.bucket) == []
+
+
+def test_a_launcher_pointed_elsewhere_than_the_volume_service_is_refused(settings: Settings,
+                                                                       docker_engine: docker.DockerClient) -> None:
+    """SANDBOX_S3_BUCKET=other sandbox-host session create X would have put uploads where the
+    workspace never looks: refused, naming both values, before anything is made."""
+    if settings.mount != "host":
+        pytest.skip("the in-container strategy mounts with the launcher's own settings")
+    other = dataclasses.replace(settings, bucket="other-bucket", s3fs_options={"parallel_count": 3})
+    with pytest.raises(StrategyError, match=f"bucket 'other-bucket' here, '{settings.bucket}' in the service") as err:
+        SessionManager(other, client=docker_engine).create(session_id())
+    assert "s3fs_options {'parallel_count': 3} here, {} in the service" in str(err.value)
+    with pytest.raises(StrategyError, match="bucket 'other-bucket' here"):
+        SessionManager(other, client=docker_engine).storage.list("abc")
+    assert containers_for(docker_engine, settings.bucket) == []
+    assert containers_for(docker_engine, "other-bucket") == []
 
 
 def test_wrong_credentials_fail_before_any_container(settings: Settings, docker_engine: docker.DockerClient) -> None:
@@ -264,9 +292,11 @@ def test_mount_failure_fails_closed(settings: Settings, storage: SessionStorage,
     if settings.mount == "host":
         # A volume service whose key the store refuses.
         broken = {"s3_endpoint": settings.s3_endpoint, "bucket": settings.bucket, "access_key": settings.access_key,
-                  "secret_key": "not-the-secret", "sts_role_arn": settings.sts_role_arn}
+                  "secret_key": "not-the-secret", "sts_role_arn": settings.sts_role_arn,
+                  "staging_size": settings.staging_size}
         with VolumeService(broken, tmp_path, driver="sandbox-host-test-broken") as service:
-            manager = SessionManager(dataclasses.replace(settings, volume_driver=service.driver),
+            manager = SessionManager(dataclasses.replace(settings, volume_driver=service.driver,
+                                                         network=service.network),
                                      client=docker_engine, storage=storage)
             with pytest.raises(SessionError, match="failed to start|refused the workspace volume") as err:
                 manager.create(session_id())
@@ -360,7 +390,7 @@ def test_container_is_confined(manager: SessionManager, docker_engine: docker.Do
     assert host_config["CapDrop"] == ["ALL"]
     assert "no-new-privileges" in host_config["SecurityOpt"]
     assert host_config["ReadonlyRootfs"] is True
-    assert host_config["Tmpfs"]["/tmp"].endswith("size=100m,mode=1777")
+    assert host_config["Tmpfs"]["/tmp"] == f"rw,nosuid,nodev,size={100 << 20},mode=1777"
     assert host_config["Memory"] == 1024**3 and host_config["PidsLimit"] == 256
     assert host_config["LogConfig"] == {"Type": "json-file", "Config": {"max-size": "1m", "max-file": "2"}}
     # The image's own ENTRYPOINT and CMD never run: both are set explicitly.

@@ -17,13 +17,13 @@ from moto import mock_aws
 
 from provisioning import facts
 from provisioning.backends.base import SessionInfo, SessionSpec
-from provisioning.config import Settings
+from provisioning.config import SERVICE_SETTINGS, Settings
 from provisioning.credentials import mint, session_policy
 from provisioning.doctor import Doctor
 from provisioning.errors import SessionError, SessionExists
 from provisioning.image import USER_TOOLS, ImageBuilder, context_digest
 from provisioning.launcher import SessionManager
-from provisioning.mounts import HostMount, InContainerMount
+from provisioning.mounts import HostMount, InContainerMount, StrategyError
 from provisioning.storage import SessionStorage
 from provisioning.uids import UidLeases
 from provisioning.validation import ValidationError, session_id
@@ -128,10 +128,16 @@ class FakeBackend:
                            "p/", spec.strategy, spec.uid, "node")
 
 
+def agreeing_service(settings: Any) -> dict[str, Any]:
+    """A volume service that mounts with exactly these settings."""
+    return {name: getattr(settings, name) for name in SERVICE_SETTINGS}
+
+
 def test_launcher_validates_first_checks_the_bucket_once_and_releases_a_failed_uid(s3: Any) -> None:
     backend = FakeBackend()
     storage = SessionStorage(SETTINGS.validated(), client=s3)
-    manager = SessionManager(SETTINGS, backend=backend, storage=storage)  # type: ignore[arg-type]
+    manager = SessionManager(SETTINGS, backend=backend, storage=storage,  # type: ignore[arg-type]
+                             strategy=HostMount(agreeing_service))
     with pytest.raises(ValidationError):
         manager.create("../etc")
     assert backend.leased == []
@@ -140,10 +146,33 @@ def test_launcher_validates_first_checks_the_bucket_once_and_releases_a_failed_u
     assert [s.session_id for s in backend.launched] == ["one", "two"]
     assert backend.launched[0].plan.volume is not None  # the default strategy is host
     failing = FakeBackend(SessionExists("taken"))
-    manager = SessionManager(SETTINGS, backend=failing, storage=storage)  # type: ignore[arg-type]
+    manager = SessionManager(SETTINGS, backend=failing, storage=storage,  # type: ignore[arg-type]
+                             strategy=HostMount(agreeing_service))
     with pytest.raises(SessionExists):
         manager.create("three")
     assert failing.released == failing.leased
+
+
+def test_a_launcher_whose_settings_differ_from_the_volume_service_is_refused_naming_both(s3: Any) -> None:
+    """Uploads would land where the workspace never looks: one truth, the service's."""
+    backend = FakeBackend()
+
+    def elsewhere(settings: Any) -> dict[str, Any]:
+        return {**agreeing_service(settings), "bucket": "sandbox-sessions", "s3fs_options": {"parallel_count": 4},
+                "staging_size": "10g"}
+
+    asking = dataclasses.replace(SETTINGS, staging_size="2g")  # a choice of the service's, asked for here
+    manager = SessionManager(asking, backend=backend, storage=SessionStorage(SETTINGS.validated(), client=s3),  # type: ignore[arg-type]
+                             strategy=HostMount(elsewhere))
+    with pytest.raises(StrategyError) as refused:
+        manager.create("one")
+    message = str(refused.value)
+    assert "bucket 'fake-bucket' here, 'sandbox-sessions' in the service" in message
+    assert "staging_size '2g' here, '10g' in the service" in message
+    assert "s3fs_options" not in message  # left at its default here: the service's options apply
+    assert backend.leased == []
+    with pytest.raises(StrategyError):
+        manager.storage  # noqa: B018 - uploads, listings and downloads are refused the same way
 
 
 def test_uid_leases_are_exclusive_and_released(tmp_path: Path) -> None:
