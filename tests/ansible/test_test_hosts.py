@@ -143,6 +143,12 @@ def fleet_sessions(manager) -> dict[str, dict]:
     return {s["session_id"]: s for s in json.loads(fleet(manager, "session", "list", "--json"))}
 
 
+def test_production_hosts_carry_no_dev_endpoint(host) -> None:
+    """moto (the embedded S3 endpoint) only where the dev object store runs: the manager here."""
+    has_moto = host.run("/opt/sandbox-host/venv/bin/python -c 'import moto'").rc == 0
+    assert has_moto == (host.backend.name == MANAGER)
+
+
 def test_swarm_formed_and_labelled(manager) -> None:
     nodes = json.loads(fleet(manager, "fleet", "nodes", "--json"))
     assert len(nodes) == 3 and all(n["state"] == "ready" and n["sandbox"] for n in nodes), nodes
