@@ -207,12 +207,19 @@ class NetworkGuard:
             else:
                 self._problem = ""
                 self._ready.set()
+        failing = ""
         while not stop.wait(INTERVAL):
             try:
                 self.reconcile()
             except Exception as exc:  # noqa: BLE001 - keep guarding; the next round tries again
                 self._cached = None  # a new engine connection next round (the engine may have restarted)
-                self._log(f"network guard: {type(exc).__name__}: {exc}")
+                if f"{exc}" != failing:  # once per kind of failure, not once a second
+                    self._log(f"network guard: {type(exc).__name__}: {exc}")
+                failing = f"{exc}"
+            else:
+                if failing:
+                    self._log("network guard: guarding again")
+                failing = ""
 
     def remove(self) -> None:
         """Drop the table (decommissioning and tests: sessions on the network lose their guard)."""
