@@ -36,3 +36,13 @@ def test_tls_keys_private_certificates_readable(host) -> None:
     assert host.file(f"{TLS}/node.crt").exists
     assert host.file(f"{TLS}/control-plane.key").exists is is_manager(host)
     assert not host.file(f"{TLS}/ca.key").exists  # the CA's key never leaves the controller
+
+
+def test_the_sessions_network_is_a_bridge_of_each_nodes_own(host) -> None:
+    """Each node configures the sessions' bridge (no inter-container traffic); the swarm's network is made from it."""
+    options = json.loads(host.check_output("docker network inspect --format '{{json .Options}}' sandbox-host-config"))
+    assert options["com.docker.network.bridge.name"] == "sandbox-host"
+    assert options["com.docker.network.bridge.enable_icc"] == "false"
+    if is_manager(host):
+        scope = host.check_output("docker network inspect --format '{{.Scope}} {{.ConfigFrom.Network}}' sandbox-host")
+        assert scope.strip() == "swarm sandbox-host-config"
