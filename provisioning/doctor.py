@@ -48,7 +48,9 @@ class Doctor:
         host = settings.mount == "host"
         checks = [self.s3fs(settings), self.fuse(), self.apparmor(settings)]
         if host:
-            checks += [self.loop(), self.volume_driver(settings)]
+            checks += [self.loop(), self.volume_driver(settings), self.agreement(settings)]
+        if settings.network != "host" and settings.backend == "docker":
+            checks.append(self.network(settings))
         if host and settings.mounter == "rclone":
             checks.append(self.rclone())
         engine, client = self.engine()
@@ -116,6 +118,30 @@ class Doctor:
             return Check("volume driver", False, f"{settings.volume_driver} answers but is not a volume driver",
                          "remove the stale socket and restart sandbox-host-volumes")
         return Check("volume driver", True, f"{settings.volume_driver} answers at {facts.PLUGIN_DIR}")
+
+    def agreement(self, settings: ValidSettings) -> Check:
+        from .mounts import HostMount
+
+        try:
+            HostMount().check(settings)
+        except SandboxHostError as exc:
+            return Check("volume service settings", False, str(exc),
+                         "make this host's settings and the volume service's one (the same config file)")
+        return Check("volume service settings", True, "this command's settings are the volume service's")
+
+    def network(self, settings: ValidSettings) -> Check:
+        from .volumed.client import call
+
+        try:
+            status = call(settings.volume_driver, "SandboxHost.Network", timeout=5)
+        except SandboxHostError as exc:
+            return Check("sessions' network", False, str(exc), "start the sandbox-host-volumes service")
+        if not status.get("Ready"):
+            return Check("sessions' network", False,
+                         f"{settings.network} is not guarded: {status.get('Problem') or status.get('Err') or 'unknown'}",
+                         "see the volume service's log (journalctl -u sandbox-host-volumes, or "
+                         "/var/log/sandbox-host-volumes.log)")
+        return Check("sessions' network", True, f"{status['Network']}: guarded by the nftables table {status['Table']}")
 
     def engine(self) -> tuple[Check, docker.DockerClient | None]:
         try:

@@ -189,6 +189,11 @@ class NetworkGuard:
                                         f"or no {facts.LABEL_EGRESS} label)")
             time.sleep(0.02)
 
+    def status(self) -> dict[str, Any]:
+        """For doctor: whether the network is right and the table written, or why not."""
+        return {"Network": self.network, "Table": f"inet {self.table}", "Ready": self._ready.is_set(),
+                "Problem": self._problem}
+
     def run(self, stop: threading.Event) -> None:
         """Make (or check) the network, until the engine answers and it is right; then write the
         table, and keep it as it should be, every INTERVAL."""

@@ -93,6 +93,10 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/SandboxHost.Released": self._released,
             "/SandboxHost.Settings": self._settings,
             "/SandboxHost.Egress": self._egress,
+            "/SandboxHost.Network": lambda _b: {**(guard.status() if guard else {"Network": manager.settings.network,
+                                                                                  "Ready": False,
+                                                                                  "Problem": "guards no network"}),
+                                                "Err": ""},
             "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
                                             "Err": ""},
         }
