@@ -101,7 +101,7 @@ def test_a_peer_at_its_cap_is_refused_at_once_and_others_are_not() -> None:
     assert caps.acquire("uid 65534") and caps.acquire("uid 65534")
     started = time.monotonic()
     assert not caps.acquire("uid 65534")
-    assert time.monotonic() - started < 0.05
+    assert time.monotonic() - started < 0.5  # not the 5 s wait
     assert caps.acquire("uid 0")
     assert caps.held("uid 65534") == 2
     caps.release("uid 65534")
@@ -171,7 +171,7 @@ def test_the_watchdog_cuts_at_the_deadline_whatever_trickles_in(pair: tuple[sock
             if not ours.recv(1):
                 break
             time.sleep(0.05)
-        assert 0.29 <= time.monotonic() - started < 0.5
+        assert 0.29 <= time.monotonic() - started < 1.0
     finally:
         stop.set()
         thread.join()
@@ -180,11 +180,12 @@ def test_the_watchdog_cuts_at_the_deadline_whatever_trickles_in(pair: tuple[sock
 def test_extend_and_disarm(pair: tuple[socket.socket, socket.socket]) -> None:
     ours, theirs = pair
     watchdog = Watchdog(resolution=0.05)
-    watchdog.arm(ours, 0.1)
-    watchdog.extend(ours, 0.3)
-    time.sleep(0.2)
+    watchdog.arm(ours, 0.05)
+    watchdog.extend(ours, 60)  # e.g. the time for an answer's size at the minimum rate
+    time.sleep(0.1)
     assert watchdog.reap() == 0
-    time.sleep(0.25)
+    watchdog.arm(ours, 0.05)  # the next phase's deadline replaces it
+    time.sleep(0.1)
     assert watchdog.reap() == 1
     assert closed_by_then(theirs, within=1.0) is not None
     watchdog.arm(theirs, 0.01)
