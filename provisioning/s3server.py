@@ -15,8 +15,10 @@ s3fs's requests), so this module verifies every request before moto sees it:
 * **Authorization** of temporary credentials against their session policy, the way AWS
   evaluates it (:mod:`provisioning.s3policy`); refusals answer 403 AccessDenied. The root
   key pair may do everything.
-* **Connection limits**: a read timeout per socket read, a deadline for a request's head,
-  and a cap on connections served at once (further ones wait, then get 503 SlowDown).
+* **Connection limits** (:class:`ServerLimits`, :mod:`provisioning.connlimits`): a cap on the
+  connections one peer holds (a local peer is a uid: one user cannot take root's share; further
+  ones get 503 SlowDown at once) and on all of them (further ones wait, then get 503 SlowDown);
+  total deadlines for a request's head, its body and its answer, and a read timeout per read.
 
 Data lives in memory: it is gone when the server stops. Production hosts run MinIO
 (roles/object_store).
@@ -33,7 +35,6 @@ import secrets
 import socket
 import tempfile
 import threading
-import time
 import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
@@ -42,7 +43,7 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
-from . import s3policy
+from . import connlimits, s3policy
 from .config import Credentials
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
@@ -749,82 +750,52 @@ def generate_credentials() -> Credentials:
 # -- the server ----------------------------------------------------------------------------
 @dataclass(frozen=True)
 class ServerLimits:
-    """How much a client may hold of the server.
+    """How much a client may hold of the server (the mechanism: :mod:`provisioning.connlimits`).
 
     ``read_timeout``: the longest wait for any read from a client, and the most time a client
     may take to send a request's line and headers in total (a trickle does not reset it).
-    ``max_connections``: connections served at once; each holds one thread. A further
-    connection waits (in the accept loop, then the listen backlog) up to ``connection_wait``
-    seconds for a free slot, then is answered 503 SlowDown.
+    ``max_per_peer``: connections one peer holds at once; a further one is answered 503 SlowDown
+    at once. A local peer is the uid that owns its socket, not 127.0.0.1, so a local user cannot
+    take the slots of root's clients (s3fs, rclone, the CLI). 64 is what the whole endpoint
+    allowed before: no single client has fewer than it had.
+    ``max_connections``: connections served at once, all peers together; each holds one thread.
+    A further connection waits (in the accept loop, then the listen backlog) up to
+    ``connection_wait`` seconds for a free slot, then is answered 503 SlowDown. 512 is eight
+    peers at their cap, and as many threads, mostly idle, as a small host carries easily.
+    ``body_timeout`` + Content-Length / ``min_rate``: the most time for a request's body, and
+    the endpoint's own work on it until the answer starts (in memory: well within the base
+    time). At 1 MiB/s, a rate any local client beats, a 64 KiB PUT gets 30 s and a 5 GiB one
+    30 s + 85 min; a trickle cannot hold a slot past that, and a big one needs valid credentials
+    (an unsigned request is answered before its body is read).
+    ``answer_timeout`` + answer size / ``min_rate``: the most time to write an answer to a
+    client that reads slowly.
+    ``backlog``: connections the kernel queues for the accept loop (werkzeug's default is 128).
     """
 
     read_timeout: float = 30.0
-    max_connections: int = 64
+    max_connections: int = 512
     connection_wait: float = 10.0
     max_body_bytes: int = MAX_BODY_BYTES
+    max_per_peer: int = 64
+    body_timeout: float = 30.0
+    answer_timeout: float = 30.0
+    min_rate: int = 1 << 20
+    backlog: int = 1024
 
+    def __post_init__(self) -> None:
+        connlimits.require_positive(self)
 
-class ConnectionSlots:
-    """A counted set of connection slots that a stopping server can stop waiting for."""
-
-    def __init__(self, count: int, wait: float) -> None:
-        self._slots = threading.BoundedSemaphore(count)
-        self._wait = wait
-        self._closing = threading.Event()
-
-    def acquire(self) -> bool:
-        deadline = time.monotonic() + self._wait
-        while not self._closing.is_set():
-            if self._slots.acquire(timeout=min(0.1, max(0.0, deadline - time.monotonic()))):
-                return True
-            if time.monotonic() >= deadline:
-                return False
-        return False
-
-    def release(self) -> None:
-        self._slots.release()
-
-    def close(self) -> None:
-        self._closing.set()
-
-
-class HeadDeadlines:
-    """Cuts connections whose request line and headers have not all arrived in time."""
-
-    def __init__(self, limit: float) -> None:
-        self.limit = limit
-        self._lock = threading.Lock()
-        self._armed: dict[socket.socket, float] = {}
-
-    def arm(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._armed[sock] = time.monotonic() + self.limit
-
-    def disarm(self, sock: socket.socket) -> None:
-        with self._lock:
-            self._armed.pop(sock, None)
-
-    def reap(self) -> int:
-        now = time.monotonic()
-        with self._lock:
-            expired = [s for s, deadline in self._armed.items() if deadline <= now]
-            for sock in expired:
-                del self._armed[sock]
-        for sock in expired:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)  # the handler's blocked read returns at once
-            except OSError:
-                pass
-        return len(expired)
-
-    def watch(self, stop: threading.Event) -> None:
-        interval = max(0.05, min(1.0, self.limit / 4))
-        while not stop.wait(interval):
-            self.reap()
+    def connection_limits(self) -> connlimits.Limits:
+        return connlimits.Limits(
+            max_per_peer=self.max_per_peer, max_connections=self.max_connections,
+            connection_wait=self.connection_wait, head=self.read_timeout, body=self.body_timeout,
+            answer=self.answer_timeout, min_rate=self.min_rate, backlog=self.backlog,
+        )
 
 
 _BUSY_BODY = (b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
-              b"<Message>Please reduce your request rate: every connection slot is taken.</Message></Error>")
+              b"<Message>Please reduce your request rate: too many connections are open, yours or in all."
+              b"</Message></Error>")
 
 
 def _answer_busy(sock: socket.socket) -> None:
@@ -837,11 +808,10 @@ def _answer_busy(sock: socket.socket) -> None:
         pass
 
 
-def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits, slots: ConnectionSlots,
-                 deadlines: HeadDeadlines) -> Any:
+def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> Any:
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
-    class Handler(WSGIRequestHandler):
+    class Handler(connlimits.GuardedHandler, WSGIRequestHandler):
         timeout = limits.read_timeout  # applied to the socket: no read waits longer
 
         def log_request(self, *args: object, **kwargs: object) -> None:
@@ -850,39 +820,11 @@ def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits, slots
         def log_error(self, *args: object) -> None:
             pass  # timeouts and malformed requests: the client is told, the log is not flooded
 
-        def handle_one_request(self) -> None:
-            deadlines.arm(self.connection)
-            try:
-                super().handle_one_request()
-            finally:
-                deadlines.disarm(self.connection)
+    class Server(connlimits.GuardedServer, ThreadedWSGIServer):
+        guard = connlimits.Guard(limits.connection_limits())  # this server's own: the class is too
 
-        def parse_request(self) -> bool:
-            parsed = super().parse_request()
-            deadlines.disarm(self.connection)  # the head is in: the body has per-read timeouts only
-            return parsed
-
-    class Server(ThreadedWSGIServer):
-        def process_request(self, request: Any, client_address: Any) -> None:
-            if not slots.acquire():
-                _answer_busy(request)
-                self.shutdown_request(request)
-                return
-            try:
-                super().process_request(request, client_address)
-            except BaseException:
-                slots.release()
-                raise
-
-        def process_request_thread(self, request: Any, client_address: Any) -> None:
-            try:
-                super().process_request_thread(request, client_address)
-            finally:
-                slots.release()
-
-        def shutdown(self) -> None:
-            slots.close()
-            super().shutdown()
+        def refuse(self, request: Any) -> None:
+            _answer_busy(request)
 
     return Server(host, port, app, handler=Handler)
 
@@ -904,43 +846,28 @@ class EmbeddedS3Server:
         self.credentials = credentials
         self.limits = limits
         self.verifier = SigV4Verifier(app, credentials, now=clock, max_body_bytes=limits.max_body_bytes)
-        self._slots = ConnectionSlots(limits.max_connections, limits.connection_wait)
-        self._deadlines = HeadDeadlines(limits.read_timeout)
-        self._server = _make_server(host, port, self.verifier, limits, self._slots, self._deadlines)
+        self._server = _make_server(host, port, self.verifier, limits)
         self.host = host
         self.port = int(self._server.server_port)
         self._thread: threading.Thread | None = None
-        self._stopping = threading.Event()
-        self._watchdog: threading.Thread | None = None
 
     @property
     def endpoint(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def _start_watchdog(self) -> None:
-        if self._watchdog is None:
-            self._watchdog = threading.Thread(target=self._deadlines.watch, args=(self._stopping,),
-                                              name="embedded-s3-deadlines", daemon=True)
-            self._watchdog.start()
-
     def start(self) -> EmbeddedS3Server:
-        self._start_watchdog()
         self._thread = threading.Thread(target=self._server.serve_forever, name="embedded-s3", daemon=True)
         self._thread.start()
         return self
 
     def serve_forever(self) -> None:
-        self._start_watchdog()
         self._server.serve_forever()
 
     def stop(self) -> None:
-        self._stopping.set()
         self._server.shutdown()
         self._server.server_close()
         if self._thread:
             self._thread.join(timeout=5)
-        if self._watchdog:
-            self._watchdog.join(timeout=5)
 
     def __enter__(self) -> EmbeddedS3Server:
         return self.start()

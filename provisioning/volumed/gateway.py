@@ -8,6 +8,11 @@ volume on this node and talks to the executor's unix socket with the same checks
 launcher (the peer must be the executor process, recorded when the volume was sealed), under a
 total deadline and a size cap.
 
+Connections are limited before anything is read (:class:`GatewayLimits`,
+:mod:`provisioning.connlimits`): per peer and in total, with total deadlines for the TLS handshake,
+the request head, its body and the answer, so a trickle of unfinished handshakes cannot pin the
+gateway's threads.
+
     GET  /v1/sessions/<id>/health
     POST /v1/sessions/<id>/exec      (the executor's own /exec body and answer)
     GET  /v1/sessions/<id>/released  (200 once the workspace is unmounted: every write in S3;
@@ -24,11 +29,11 @@ import ssl
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from .. import facts
+from .. import connlimits, facts
 from ..errors import SandboxHostError
 from ..executor_client import EXEC_MARGIN, ExecutorClient
 from ..procs import ProcessRef
@@ -38,8 +43,49 @@ from .volumes import VolumeManager
 
 CONTROL_PLANE_CN = "sandbox-host control plane"
 MAX_BODY = 40 << 20  # an /exec request: its stdin (base64) and arguments
-HANDSHAKE_TIMEOUT = 10.0
 _PATH = re.compile(r"/v1/sessions/([^/]+)/(health|exec|released|egress)")
+
+
+@dataclass(frozen=True)
+class GatewayLimits:
+    """How much a peer may hold of the gateway.
+
+    ``max_per_peer``: connections one peer holds at once (its address; a process on this node,
+    by the uid that owns its socket); a further one is closed at once. The control plane is one
+    peer, holding a connection per request in flight to this node's sessions (tens of them):
+    64 leaves it room, and is all one address can pin, each for at most ``handshake_timeout``
+    unless it has the control plane's certificate.
+    ``max_connections``: all peers together; a further connection waits up to
+    ``connection_wait`` seconds for a free slot, then is closed. Each holds one thread.
+    ``handshake_timeout``, ``head_timeout``: the most time for the TLS handshake, and for a
+    request's line and headers, in total (a byte trickled now and then does not extend them).
+    ``body_timeout`` + Content-Length / ``min_rate``: for a request's body: an /exec body of at
+    most 40 MiB gets 70 s at 1 MiB/s, a rate any fleet network beats. The wait for the executor
+    that follows has its own bound (the request's timeout).
+    ``answer_timeout`` + answer size / ``min_rate``: for writing the answer.
+    ``backlog``: connections the kernel queues for the accept loop (socketserver's default of 5
+    drops a burst of connects).
+    """
+
+    max_per_peer: int = 64
+    max_connections: int = 512
+    connection_wait: float = 10.0
+    handshake_timeout: float = 10.0
+    head_timeout: float = 10.0
+    body_timeout: float = 30.0
+    answer_timeout: float = 30.0
+    min_rate: int = 1 << 20
+    backlog: int = 1024
+
+    def __post_init__(self) -> None:
+        connlimits.require_positive(self)
+
+    def connection_limits(self) -> connlimits.Limits:
+        return connlimits.Limits(
+            max_per_peer=self.max_per_peer, max_connections=self.max_connections,
+            connection_wait=self.connection_wait, handshake=self.handshake_timeout, head=self.head_timeout,
+            body=self.body_timeout, answer=self.answer_timeout, min_rate=self.min_rate, backlog=self.backlog,
+        )
 
 
 @dataclass(frozen=True)
@@ -66,17 +112,17 @@ def common_name(cert: dict[str, Any]) -> str:
     return ""
 
 
-class _Handler(BaseHTTPRequestHandler):
+class _Handler(connlimits.GuardedHandler):
     protocol_version = "HTTP/1.1"
     server: GatewayServer
-    timeout = 60
+    timeout = 60  # per read, once the handshake is done; each phase has its total deadline
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
     def setup(self) -> None:
         conn: ssl.SSLSocket = self.request
-        conn.settimeout(HANDSHAKE_TIMEOUT)
+        conn.settimeout(self.server.guard.limits.handshake)  # per read; the guard's deadline is the total
         conn.do_handshake()
         if common_name(conn.getpeercert() or {}) != CONTROL_PLANE_CN:
             raise ConnectionRefusedError("not the control plane")
@@ -101,6 +147,10 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(413, {"error": f"request body must be at most {MAX_BODY} bytes"})
             return
         body = self.rfile.read(length) if length else b""
+        if len(body) < length:  # the client went away, or its body's deadline cut it: act on nothing
+            self.close_connection = True
+            return
+        self.body_done()  # what follows waits for the executor, under its own timeouts
         try:
             sid = session_id(match.group(1))
             status, answer = self.server.forward(sid, match.group(2), method, body)
@@ -120,15 +170,17 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class GatewayServer(ThreadingHTTPServer):
+class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], manager: VolumeManager, tls: TLSFiles,
-                 log: Callable[[str], None] = lambda _m: None, guard: NetworkGuard | None = None) -> None:
+                 log: Callable[[str], None] = lambda _m: None, limits: GatewayLimits = GatewayLimits(),
+                 netguard: NetworkGuard | None = None) -> None:
         self.manager = manager
         self.log = log
-        self.guard = guard
+        self.netguard = netguard  # the sessions' network on this node (egress rules)
         self.context = server_context(tls)
+        self.guard = connlimits.Guard(limits.connection_limits())
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 
@@ -144,9 +196,9 @@ class GatewayServer(ThreadingHTTPServer):
         if what == "egress":
             if method != "POST":
                 return 405, {"error": "use POST"}
-            if self.guard is None:
+            if self.netguard is None:
                 return 502, {"error": "this node's volume service guards no network", "kind": "network"}
-            rule = self.guard.admit(session_id=sid)
+            rule = self.netguard.admit(session_id=sid)
             return 200, {"address": str(rule.address), "policy": str(rule.policy)}
         if what == "released":
             released, undrained = self.manager.wait_released(sid, timeout=30)
@@ -178,7 +230,8 @@ class GatewayServer(ThreadingHTTPServer):
 def serve(manager: VolumeManager, listen: str, tls: TLSFiles, log: Callable[[str], None],
           stop: threading.Event, guard: NetworkGuard | None = None) -> None:
     host, _, port = listen.rpartition(":")
-    server = GatewayServer((host.strip("[]") or "0.0.0.0", int(port or facts.GATEWAY_PORT)), manager, tls, log, guard)
+    server = GatewayServer((host.strip("[]") or "0.0.0.0", int(port or facts.GATEWAY_PORT)), manager, tls, log,
+                           netguard=guard)
     threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.5}, daemon=True).start()
     log(f"executor gateway listening on {listen} (mutual TLS)")
     stop.wait()

@@ -8,6 +8,7 @@ import datetime as dt
 import hashlib
 import hmac
 import json
+import os
 import select
 import socket
 import threading
@@ -34,6 +35,8 @@ from provisioning.s3server import (
     SigV4Verifier,
     canonical_request,
 )
+
+from .local_peer import LocalPeer, Spec
 
 ROLE_ARN = "arn:aws:iam:::role/sandbox-session"
 
@@ -737,3 +740,82 @@ def test_connections_beyond_the_cap_wait_then_get_slow_down(s3_credentials: Cred
         assert time.monotonic() - started >= 0.25
         holder.close()
         wait_until_served(server, within=5)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="attacks as another uid: needs root")
+def test_a_local_users_slowloris_does_not_starve_roots_clients(s3_credentials: Credentials) -> None:
+    """Another local user (every local user is 127.0.0.1) holds 200 half-sent requests, trickling
+    a byte to each every second: it holds its own share of the endpoint, the rest are answered
+    503 SlowDown at once, and root's signed 64 KiB upload goes through at once meanwhile."""
+    with EmbeddedS3Server(s3_credentials) as server:
+        limits = server.limits
+        root = client(server, s3_credentials.access_key, s3_credentials.secret_key)
+        root.create_bucket(Bucket="mine")
+        before = threading.active_count()
+        half_head = "PUT /mine/k HTTP/1.1\r\nHost: x\r\nContent-Len"
+        half_body = "PUT /mine/k HTTP/1.1\r\nHost: x\r\nContent-Length: 65536\r\n\r\n" + "a" * 32768
+        attack = Spec(target=("127.0.0.1", server.port), count=200, openings=[half_head, half_body], trickle="a",
+                      every=1.0)
+        with LocalPeer(attack) as peer:
+            peer.wait_for("connected", within=10, accept=lambda e: e["count"] == 200)
+            held = peer.wait_for("status", within=2, accept=lambda e: e["closed"] >= 200 - limits.max_per_peer)
+            assert held["open"] == limits.max_per_peer
+
+            data = os.urandom(64 * 1024)
+            started = time.monotonic()
+            root.put_object(Bucket="mine", Key="upload", Body=data)
+            assert time.monotonic() - started < 1.0
+            assert threading.active_count() - before <= limits.max_per_peer + 1  # and root's, finishing
+            report = peer.stop()
+        assert report["answers"].get("HTTP/1.1 503 Service Unavailable", 0) >= 200 - limits.max_per_peer
+        assert root.get_object(Bucket="mine", Key="upload")["Body"].read() == data
+
+
+@pytest.fixture(scope="module")
+def paced_server(s3_credentials: Credentials) -> Iterator[EmbeddedS3Server]:
+    """Short body and answer deadlines; a per-read timeout well past them."""
+    limits = ServerLimits(read_timeout=5.0, body_timeout=0.5, answer_timeout=0.5, min_rate=1 << 30)
+    with EmbeddedS3Server(s3_credentials, limits=limits) as server:
+        yield server
+
+
+def test_a_trickled_body_is_cut_at_its_deadline(paced_server: EmbeddedS3Server, s3_credentials: Credentials) -> None:
+    """Each byte of the body comes well within the read timeout; the body still has its total:
+    the base time plus its length at the minimum rate."""
+    body = b"0" * 1000
+    head = signed_request(paced_server, s3_credentials, "PUT", "/b/k", body)[:-len(body)]
+    with socket.create_connection(("127.0.0.1", paced_server.port), timeout=5) as sock:
+        sock.sendall(head)
+        started = time.monotonic()
+        for byte in body:
+            try:
+                sock.send(bytes([byte]))
+            except OSError:
+                break
+            if closed_within(sock, 0.1):
+                break
+        elapsed = time.monotonic() - started
+    assert paced_server.limits.body_timeout - 0.1 <= elapsed < paced_server.limits.body_timeout + 1.0
+
+
+def test_an_answer_the_client_does_not_read_is_cut_at_its_deadline(paced_server: EmbeddedS3Server,
+                                                                   s3_credentials: Credentials) -> None:
+    """The answer's deadline is the base time plus its size at the minimum rate, however slowly
+    the client reads (a per-write timeout is reset by each byte the client takes)."""
+    size = 8 << 20  # more than the two sockets buffer between them
+    root = client(paced_server, s3_credentials.access_key, s3_credentials.secret_key)
+    root.create_bucket(Bucket="big")
+    root.put_object(Bucket="big", Key="k", Body=b"x" * size)
+    with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.settimeout(5)
+        sock.connect(("127.0.0.1", paced_server.port))
+        sock.sendall(signed_request(paced_server, s3_credentials, "GET", "/big/k"))
+        time.sleep(0.8)  # past the deadline: 0.5 s + 8 MiB at 1 GiB/s, at most a quarter late
+        received = 0
+        try:
+            while chunk := sock.recv(1 << 20):
+                received += len(chunk)
+        except ConnectionResetError:
+            pass
+    assert 0 < received < size
