@@ -111,24 +111,41 @@ class Runner:
             "PWD": self.workspace,
         }
 
-    def managed(self) -> set[int]:
+    def reap_orphans(self) -> None:
+        """Reap this process's zombie children that no run() waits for (orphans PID 1 inherited).
+        Under the lock run() holds from fork to registering its child, so a child that exits at
+        once is never reaped here: its exit status is run()'s (stolen, it would read as 0)."""
         with self._lock:
-            return {proc.pid for proc in self._running}
+            managed = {proc.pid for proc in self._running}
+            for entry in os.listdir("/proc"):
+                if not entry.isdigit() or int(entry) in managed:
+                    continue
+                try:
+                    with open(f"/proc/{entry}/stat", "rb") as handle:
+                        stat = handle.read()
+                except OSError:
+                    continue
+                fields = stat[stat.rindex(b")") + 2:].split()
+                if fields[0] == b"Z" and int(fields[1]) == os.getpid():
+                    try:
+                        os.waitpid(int(entry), os.WNOHANG)
+                    except ChildProcessError:
+                        pass
 
     def run(self, argv: list[str], timeout: float, stdin: bytes) -> dict[str, object]:
         import subprocess  # here, not at start-up: see the imports
 
         started = time.monotonic()
-        try:
-            proc = subprocess.Popen(
-                argv, cwd=self.workspace, env=self.environment(), stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
-                preexec_fn=_prepare_user_process,
-            )
-        except OSError as exc:
-            return {"exit_code": 127, "stdout": "", "stderr": _b64(f"{argv[0]}: {exc.strerror}\n".encode()),
-                    "duration": time.monotonic() - started, "timed_out": False, "truncated": False}
-        with self._lock:
+        with self._lock:  # from fork to registration: the orphan reaper must not take this child
+            try:
+                proc = subprocess.Popen(
+                    argv, cwd=self.workspace, env=self.environment(), stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                    preexec_fn=_prepare_user_process,
+                )
+            except OSError as exc:
+                return {"exit_code": 127, "stdout": "", "stderr": _b64(f"{argv[0]}: {exc.strerror}\n".encode()),
+                        "duration": time.monotonic() - started, "timed_out": False, "truncated": False}
             self._running.add(proc)
         try:
             out, err, timed_out, truncated = _collect(proc, stdin, started + timeout)
@@ -429,29 +446,12 @@ class Supervisor:
             info = signal.sigwaitinfo(wanted)
             if info.si_signo == signal.SIGCHLD:
                 if self.is_init:
-                    self._reap_orphans()
+                    self.runner.reap_orphans()
                 continue
             # pid 0: sent from outside this PID namespace (docker stop); pid 1: the in-container
             # entrypoint forwarding it. Anything else is user code: ignored.
             if info.si_pid == 0 or (info.si_pid == 1 and not self.is_init) or self.outside_container:
                 self.stop(0)
-
-    def _reap_orphans(self) -> None:
-        managed = self.runner.managed()
-        for entry in os.listdir("/proc"):
-            if not entry.isdigit() or int(entry) in managed:
-                continue
-            try:
-                with open(f"/proc/{entry}/stat", "rb") as handle:
-                    stat = handle.read()
-            except OSError:
-                continue
-            fields = stat[stat.rindex(b")") + 2:].split()
-            if fields[0] == b"Z" and int(fields[1]) == os.getpid():
-                try:
-                    os.waitpid(int(entry), os.WNOHANG)
-                except ChildProcessError:
-                    pass
 
     def _watch(self) -> None:
         while not self.runner.stopping:

@@ -37,6 +37,26 @@ def test_runner_returns_when_command_exits_even_if_children_hold_pipes(tmp_path:
     assert result["exit_code"] == 0 and result["timed_out"] is False
 
 
+def test_a_command_that_exits_at_once_keeps_its_exit_status_while_orphans_are_reaped(tmp_path: Path) -> None:
+    """As PID 1 the executor reaps orphans whenever a child exits; a command that exited before
+    run() registered it was once reaped as an orphan, and its failure read as exit status 0."""
+    runner = load_app().Runner(str(tmp_path))
+    stop = threading.Event()
+
+    def reaper() -> None:
+        while not stop.wait(0.0005):  # as often as SIGCHLDs arrive when commands run back to back
+            runner.reap_orphans()
+
+    thread = threading.Thread(target=reaper, daemon=True)
+    thread.start()
+    try:
+        codes = [runner.run(["false"], timeout=10, stdin=b"")["exit_code"] for _ in range(200)]
+    finally:
+        stop.set()
+        thread.join()
+    assert set(codes) == {1}, codes
+
+
 def test_runner_times_out_and_kills(tmp_path: Path) -> None:
     result = load_app().Runner(str(tmp_path)).run(["sleep", "30"], timeout=0.3, stdin=b"")
     assert result["timed_out"] is True and result["exit_code"] == 124 and result["duration"] < 5
