@@ -155,6 +155,7 @@ class VolumeManager:
         self._docker_remove = docker_remove
         self._log = log
         self._lock = threading.Lock()
+        self._save_lock = threading.Lock()
         self._volumes: dict[str, VolumeState] = {}
         self._ready: dict[str, threading.Event] = {}
         self._vol_locks: dict[str, threading.Lock] = {}
@@ -199,12 +200,16 @@ class VolumeManager:
         return self.state_dir / f"{name}.log"
 
     def _save(self, state: VolumeState) -> None:
+        """Write the volume's state file atomically. Serialised: the mount's own thread and a
+        Docker call may save one volume at once, and two writers of one temporary file made the
+        second rename fail (FileNotFoundError in Mount, seen with sessions created at once)."""
         path = self.state_dir / f"{state.name}.json"
         tmp = path.with_suffix(".json.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as out:
-            json.dump(state.to_json(), out)
-        os.replace(tmp, path)
+        with self._save_lock:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w") as out:
+                json.dump(state.to_json(), out)
+            os.replace(tmp, path)
 
     def _lock_for(self, name: str) -> threading.Lock:
         with self._lock:

@@ -358,3 +358,25 @@ def test_swarm_places_one_task_never_restarted_with_its_whole_memory_reserved() 
     with pytest.raises(SessionError, match="mount = host"):
         plan2 = dataclasses.replace(plan, devices=["/dev/fuse"], cap_add=["SYS_ADMIN"])
         SwarmBackend(settings)._spec(SessionSpec(sid, 1, "in-container", plan2, settings))
+
+
+def test_a_volume_saved_from_two_threads_at_once_is_saved(tmp_path: Path) -> None:
+    """The mount's own thread and a Docker call (Mount) save one volume's state at once: both
+    writes land, neither fails (they once raced on one temporary file: FileNotFoundError)."""
+    settings = dataclasses.replace(SETTINGS, state_dir="/run/sandbox-host-unit").validated()
+    manager = volumes.VolumeManager(settings, data_dir=tmp_path / "data", state_dir=tmp_path / "state")
+    state = volumes.VolumeState("sandbox-ws-abc.1900000001", "abc", 1900000001, 1900000001)
+    errors: list[BaseException] = []
+
+    def save_many() -> None:
+        try:
+            for _ in range(300):
+                manager._save(state)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=save_many) for _ in range(4)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert errors == []
+    assert json.loads((tmp_path / "state" / f"{state.name}.json").read_text())["session_id"] == "abc"
