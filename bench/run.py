@@ -98,19 +98,19 @@ def rgw_store(client: Any) -> Iterator[Store]:
                     server.endpoint, server.access_key, server.secret_key, server.role_arn)
 
 
-def bare_docker_run(image: str) -> float:
-    """The baseline: `docker run --rm IMAGE true` (no network, like the host strategy's sessions); seconds."""
+def bare_docker_run(image: str, network: str = "none") -> float:
+    """The baseline: `docker run --rm --network NETWORK IMAGE true`; seconds."""
     t = time.perf_counter()
-    subprocess.run(["docker", "run", "--rm", "--network", "none", "--entrypoint", "true", image], check=True)
+    subprocess.run(["docker", "run", "--rm", "--network", network, "--entrypoint", "true", image], check=True)
     return time.perf_counter() - t
 
 
-def bench_launch(manager: SessionManager, image: str, runs: int) -> dict[str, Any]:
-    """Session create (until its executor reports a mounted workspace) and a bare `docker run`,
-    in turn, round by round, so that both see the same machine."""
+def bench_launch(manager: SessionManager, image: str, runs: int, network: str = "none") -> dict[str, Any]:
+    """Session create (until its executor reports a mounted workspace) and a bare `docker run` on
+    the session's network, in turn, round by round, so that both see the same machine."""
     bare, session = [], []
     for i in range(runs + 1):  # round 0 warms caches and is dropped
-        b = bare_docker_run(image)
+        b = bare_docker_run(image, network)
         sid = f"launch{uuid.uuid4().hex[:8]}"
         t = time.perf_counter()
         manager.create(sid)
@@ -291,6 +291,11 @@ def bench_store(store: Store, client: Any, image: str, work: Path, plan: dict[st
             row: dict[str, Any] = {}
             print(f"[{store.name}/{strategy}] launch ...", file=sys.stderr, flush=True)
             row["launch"] = bench_launch(manager, image, plan["runs"])
+            if strategy == "host":  # the default policy: the sandbox network and its egress rule
+                print(f"[{store.name}/{strategy}] launch, egress internet ...", file=sys.stderr, flush=True)
+                row["launch_internet"] = bench_launch(SessionManager(replace(settings, egress="internet"),
+                                                                     client=client, storage=storage),
+                                                      image, plan["runs"], network=service.network)
             print(f"[{store.name}/{strategy}] {plan['batch']} at once ...", file=sys.stderr, flush=True)
             row["concurrency"] = bench_concurrency(manager, storage, plan["batch"])
             print(f"[{store.name}/{strategy}] workspace I/O ...", file=sys.stderr, flush=True)
@@ -347,10 +352,16 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
                   "| strategy | session p50 | session p95 | bare p50 | bare p95 | ratio p50 | ratio p95 |",
                   "|---|---|---|---|---|---|---|"]
         for strategy, row in data["strategies"].items():
-            launch = row["launch"]
-            lines.append(f"| {strategy} | {launch['session_create']['p50']} | {launch['session_create']['p95']} "
-                         f"| {launch['bare_docker_run']['p50']} | {launch['bare_docker_run']['p95']} "
-                         f"| {launch['ratio_to_bare']['p50']}x | {launch['ratio_to_bare']['p95']}x |")
+            for key, label in (("launch", strategy), ("launch_internet", f"{strategy}, egress internet *")):
+                if key not in row:
+                    continue
+                launch = row[key]
+                lines.append(f"| {label} | {launch['session_create']['p50']} | {launch['session_create']['p95']} "
+                             f"| {launch['bare_docker_run']['p50']} | {launch['bare_docker_run']['p95']} "
+                             f"| {launch['ratio_to_bare']['p50']}x | {launch['ratio_to_bare']['p95']}x |")
+        lines += ["", "\\* The default policy: the session joins the sandbox network and create waits for its egress "
+                  "rule; its baseline is `docker run --rm --network SANDBOX-NETWORK IMAGE true`. The other rows run "
+                  "with egress none (no network), against `--network none`."]
         bare = data["bare_docker_batch"]
         lines += ["", "### Created at once", "",
                   "| strategy | sessions | wall (s) | per-session p50 | per-session p95 | failures | isolated |",
