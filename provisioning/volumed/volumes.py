@@ -12,7 +12,8 @@ Lifecycle, as Docker drives it through the plugin protocol:
   Unmount -> when the last caller left: drain (every write in S3: s3fs has nothing pending,
              rclone is asked until its uploads are done), unmount, wait for the mounter to
              exit, remove the staging area. A drain that fails keeps the staging area and
-             marks the volume failed: nothing is deleted that did not reach S3;
+             marks the volume failed: nothing is deleted that did not reach S3 (files the
+             store refuses for good are copied to the service's quarantine first);
   Remove  -> forgets the volume.
 State is written to ``SERVICE_STATE_DIR`` so that a restarted service adopts the mounts that
 outlived it (the mounter runs in a session of its own and is not stopped with the service).
@@ -153,7 +154,8 @@ class VolumeManager:
     def __init__(self, settings: ValidSettings, *, data_dir: Path, state_dir: Path, s3fs_binary: str | None = None,
                  mint: Callable[[ValidSettings, SessionId], Credentials] | None = None,
                  docker_remove: Callable[[str], None] | None = None,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+                 log: Callable[[str], None] = lambda _m: None,
+                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.state_dir = state_dir
@@ -161,6 +163,7 @@ class VolumeManager:
         self._mounters: dict[str, mounters.Mounter] = {}
         self._docker_remove = docker_remove
         self._log = log
+        self._quarantine_max = quarantine_max_bytes
         self._lock = threading.Lock()
         self._quarantine_lock = threading.Lock()  # teardowns run side by side: one measures the room at a time
         self._volumes: dict[str, VolumeState] = {}
@@ -594,9 +597,9 @@ class VolumeManager:
             used, size = _tree_bytes(root), sum(item.data.stat().st_size for item in files)
         except OSError as exc:
             raise MountError(f"the store refuses {names} for good, and they cannot be measured: {exc}") from None
-        if used + size > QUARANTINE_MAX_BYTES:
+        if used + size > self._quarantine_max:
             raise MountError(f"the store refuses {names} for good, and their {size} bytes do not fit in {root} "
-                             f"({used} of {QUARANTINE_MAX_BYTES} bytes used): make room there, then remove the volume")
+                             f"({used} of {self._quarantine_max} bytes used): make room there, then remove the volume")
         target = Path(tempfile.mkdtemp(prefix=f"{state.name}.", dir=root))  # 0700, and never one that exists
         try:
             for number, item in enumerate(files, 1):
