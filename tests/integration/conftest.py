@@ -119,9 +119,14 @@ def host_s3fs_pids(bucket: str, sid: str) -> list[int]:
     return found
 
 
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
 def cli(settings: Settings, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    """The `sandbox-host` command as a user runs it, configured by the environment."""
-    env = dict(os.environ, SANDBOX_S3_ENDPOINT=settings.s3_endpoint, SANDBOX_S3_BUCKET=settings.bucket,
+    """The `sandbox-host` command as a user runs it, configured by the environment: this
+    checkout's, whatever ``cwd`` (a virtualenv may hold another checkout as the package)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+               SANDBOX_S3_ENDPOINT=settings.s3_endpoint, SANDBOX_S3_BUCKET=settings.bucket,
                AWS_ACCESS_KEY_ID=settings.access_key, AWS_SECRET_ACCESS_KEY=settings.secret_key,
                SANDBOX_IMAGE=settings.image, SANDBOX_NETWORK=settings.network, SANDBOX_STATE_DIR=settings.state_dir,
                SANDBOX_MOUNT=settings.mount, SANDBOX_VOLUME_DRIVER=settings.volume_driver,
