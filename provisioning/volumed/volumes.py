@@ -557,7 +557,8 @@ class VolumeManager:
         """Whether the store refuses every one of ``held`` for good: it answers a client error
         for each file's key while it takes a key of the same session right then. A store that
         does not answer or fails (connection errors, 5xx, throttling) refuses nothing: its files
-        wait for it, as any write does."""
+        wait for it, as any write does. The service asks with its own key, not the session's: a
+        session whose credentials expired is refused every key, and that is not the files' doing."""
         prefix = facts.session_prefix(state.session_id)
         if self._store_takes(f"{prefix}/.sandbox-probe-{secrets.token_hex(8)}") is not True:
             return False
