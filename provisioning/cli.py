@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import config as config_mod
 from .config import ConfigError, Credentials, Settings
 from .errors import SandboxHostError
+from .escape import printable
 from .facts import DEFAULT_SUITE
 from .validation import parse_s3fs_option_list
 
@@ -53,20 +54,6 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _print_json(data: object) -> None:
     print(json.dumps(data, indent=2, sort_keys=True))
-
-
-def printable(text: str) -> str:
-    """A name as a terminal may show it: control characters (and backslashes) escaped, so a file
-    name made by user code cannot move the cursor, clear the screen or forge lines."""
-    out = []
-    for char in text:
-        if char == "\\":
-            out.append("\\\\")
-        elif char.isprintable():
-            out.append(char)
-        else:
-            out.append(char.encode("unicode_escape").decode("ascii"))
-    return "".join(out)
 
 
 def _manager(args: argparse.Namespace) -> SessionManager:
@@ -185,7 +172,7 @@ def cmd_session_list(args: argparse.Namespace) -> int:
         _print_json([s.to_json() for s in sessions])
     else:
         for s in sessions:
-            detail = f"  ({printable(s.detail)})" if s.detail else ""
+            detail = f"  ({printable(s.detail, quote_backslashes=False)})" if s.detail else ""
             print(f"{s.session_id:<32} {s.status:<8} {s.node:<16} {s.container_id[:12]}  {s.mount:<12} "
                   f"{s.egress or '-':<9} s3://{s.bucket}/{s.prefix}{detail}")
     return 0
@@ -470,7 +457,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for what is known, a traceback for a bug
         message, code = explain(exc)
-        print(f"sandbox-host: error: {message}", file=sys.stderr)
+        # Messages name files, keys and Docker's or S3's own words: none may reach the terminal raw.
+        print(f"sandbox-host: error: {printable(message, quote_backslashes=False)}", file=sys.stderr)
         return code
 
 

@@ -13,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SandboxHostError
+from ..escape import printable
 from ..procs import ProcessRef
 from .staging import is_mounted
 
@@ -22,12 +23,14 @@ class MountError(SandboxHostError):
 
 
 def log_tail(log: Path, lines: int = 1) -> str:
+    """The last lines of a mounter's log that say more than [INF], escaped: they quote the names
+    of files user code made (rclone's errors start with the file's name)."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
         return ""
     useful = [line for line in text.splitlines() if line.strip() and "[INF]" not in line]
-    return " | ".join(useful[-lines:])
+    return printable(" | ".join(useful[-lines:]))
 
 
 def start(argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:

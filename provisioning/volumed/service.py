@@ -12,13 +12,16 @@ from typing import Any
 
 from .. import facts
 from ..config import ValidSettings
+from ..escape import printable
 from .netguard import NetworkGuard, docker
 from .plugin import serve
 from .volumes import VolumeManager
 
 
 def _log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sandbox-host-volumes: {message}", file=sys.stderr, flush=True)
+    # One line per message, whatever names (of files, volumes) it carries: escaped, never raw.
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} sandbox-host-volumes: {printable(message, quote_backslashes=False)}",
+          file=sys.stderr, flush=True)
 
 
 def _docker_remove(name: str) -> None:

@@ -12,7 +12,8 @@ Lifecycle, as Docker drives it through the plugin protocol:
   Unmount -> when the last caller left: drain (every write in S3: s3fs has nothing pending,
              rclone is asked until its uploads are done), unmount, wait for the mounter to
              exit, remove the staging area. A drain that fails keeps the staging area and
-             marks the volume failed: nothing is deleted that did not reach S3;
+             marks the volume failed: nothing is deleted that did not reach S3 (files the
+             store refuses for good are copied to the service's quarantine first);
   Remove  -> forgets the volume.
 State is written to ``SERVICE_STATE_DIR`` so that a restarted service adopts the mounts that
 outlived it (the mounter runs in a session of its own and is not stopped with the service).
@@ -21,6 +22,7 @@ outlived it (the mounter runs in a session of its own and is not stopped with th
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import dataclasses
 import grp
 import json
@@ -29,12 +31,13 @@ import pwd
 import secrets
 import shutil
 import subprocess
+import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import boto3
 import botocore.config
@@ -44,6 +47,7 @@ from .. import credentials as creds_mod
 from .. import facts, hostinfo, validation
 from ..config import Credentials, ValidSettings
 from ..errors import SandboxHostError
+from ..escape import printable
 from ..procs import ProcessRef
 from ..resources import executor_app_dir
 from ..validation import SessionId
@@ -53,6 +57,10 @@ from .staging import Staging, StagingPool, is_mounted, size_bytes
 
 MOUNT_TIMEOUT = 30.0
 EXIT_TIMEOUT = 120.0  # s3fs uploads what is pending before it exits: allow for a large last file
+# Files the store refuses for good (rclone holds them back) are kept here, under the service's data
+# directory (root's, 0700, on disk: they outlive the volume and a reboot); at most this much in all.
+QUARANTINE = "quarantine"
+QUARANTINE_MAX_BYTES = 256 << 20
 
 
 class VolumeError(SandboxHostError):
@@ -81,7 +89,7 @@ class VolumeState:
     created: float = field(default_factory=time.time)
     mounter: str = "s3fs"  # one of facts.MOUNTERS
     control: str = ""  # what the mounter's drain needs (rclone: its remote control's address and login)
-    undrained: str = ""  # why writes of this volume did not all reach S3 (a failed drain)
+    undrained: str = ""  # why writes of this volume did not all reach S3 (a failed drain, files kept aside)
 
     @property
     def process(self) -> ProcessRef | None:
@@ -146,7 +154,8 @@ class VolumeManager:
     def __init__(self, settings: ValidSettings, *, data_dir: Path, state_dir: Path, s3fs_binary: str | None = None,
                  mint: Callable[[ValidSettings, SessionId], Credentials] | None = None,
                  docker_remove: Callable[[str], None] | None = None,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+                 log: Callable[[str], None] = lambda _m: None,
+                 quarantine_max_bytes: int = QUARANTINE_MAX_BYTES) -> None:
         self.settings = settings
         self.data_dir = data_dir
         self.state_dir = state_dir
@@ -154,8 +163,10 @@ class VolumeManager:
         self._mounters: dict[str, mounters.Mounter] = {}
         self._docker_remove = docker_remove
         self._log = log
+        self._quarantine_max = quarantine_max_bytes
         self._lock = threading.Lock()
         self._save_lock = threading.Lock()
+        self._quarantine_lock = threading.Lock()  # teardowns run side by side: one measures the room at a time
         self._volumes: dict[str, VolumeState] = {}
         self._ready: dict[str, threading.Event] = {}
         self._vol_locks: dict[str, threading.Lock] = {}
@@ -504,18 +515,26 @@ class VolumeManager:
         """Drain (every write in S3), unmount, wait for the mounter to exit (s3fs uploads what
         is pending first); then the staging area. A mounter that keeps writes back (rclone,
         which has a ``control``) and cannot show them drained keeps its mount, its process and
-        the staging area as they are: the volume fails with the reason, and False is returned."""
+        the staging area as they are: the volume fails with the reason, and False is returned.
+        Files the store refuses for good are the exception: their bytes go to the quarantine,
+        the teardown completes, and ``undrained`` names them (a stop reports it)."""
         mountpoint = self.mountpoint(state.name)
         ref = state.process
         if state.control:
             try:
-                self.mounter(state.mounter).drain(state.control, facts.DRAIN_TIMEOUT)
+                refused = self.mounter(state.mounter).drain(state.control, facts.DRAIN_TIMEOUT,
+                                                            lambda held: self._refuses(state, held))
+                with self._quarantine_lock:
+                    kept = self._quarantine(state, refused)
             except MountError as exc:
                 state.status = "failed"
                 state.error = state.undrained = (f"not every write reached S3: {exc} (staging area {state.staging}; "
                                                  f"last error: {fuseproc.log_tail(self._log_path(state.name))})")
                 self._log(f"{state.name}: {state.error}")
                 return False
+            if kept:
+                state.undrained = kept
+                self._log(f"{state.name}: {kept}")
         if ref is not None:
             self.watcher.forget(ref)
         fuseproc.unmount(mountpoint)
@@ -538,6 +557,70 @@ class VolumeManager:
             staging.remove()
         state.staging = ""
         return True
+
+    def _refuses(self, state: VolumeState, held: list[mounters.HeldFile]) -> bool:
+        """Whether the store refuses every one of ``held`` for good: it answers a client error
+        for each file's key while it takes a key of the same session right then. A store that
+        does not answer or fails (connection errors, 5xx, throttling) refuses nothing: its files
+        wait for it, as any write does. The service asks with its own key, not the session's: a
+        session whose credentials expired is refused every key, and that is not the files' doing."""
+        prefix = facts.session_prefix(state.session_id)
+        if self._store_takes(f"{prefix}/.sandbox-probe-{secrets.token_hex(8)}") is not True:
+            return False
+        return all(self._store_takes(f"{prefix}/{item.path}") is False for item in held)
+
+    def _store_takes(self, key: str) -> bool | None:
+        """Ask the store whether it takes an object at ``key``, without writing one: start a
+        multipart upload there, and abort it. True: it does; False: a client error (4xx, but
+        not a timeout or throttling); None: no verdict (unreachable, a server error)."""
+        try:
+            upload = self._s3.create_multipart_upload(Bucket=self.settings.bucket, Key=key)
+        except botocore.exceptions.ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            return False if 400 <= status < 500 and status not in (408, 429) else None
+        except (botocore.exceptions.BotoCoreError, UnicodeError):
+            return None  # unreachable; or a name that is not UTF-8 (rclone encodes those: never held)
+        try:
+            self._s3.abort_multipart_upload(Bucket=self.settings.bucket, Key=key, UploadId=upload["UploadId"])
+        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
+            self._log(f"cannot abort the probe upload at {printable(key)}: {exc}")
+        return True
+
+    def _quarantine(self, state: VolumeState, files: list[mounters.HeldFile]) -> str:
+        """Copy the bytes of files the store refuses for good out of the staging area, into the
+        quarantine (``<data dir>/quarantine/<volume>.<random>/<n>``, with ``index.json`` giving
+        each file's name); the message that names each (escaped) and where its bytes are.
+        MountError when they are not all on this host, do not fit or cannot be copied: the
+        volume then keeps everything."""
+        if not files:
+            return ""
+        names = ", ".join(f"'{printable(item.path)}'" for item in files)
+        if not all(item.complete for item in files):
+            raise MountError(f"the store refuses {names} for good, and the staging area holds only part of it")
+        root = self.data_dir / QUARANTINE
+        root.mkdir(mode=0o700, exist_ok=True)
+        try:
+            used, size = _tree_bytes(root), sum(item.data.stat().st_size for item in files)
+        except OSError as exc:
+            raise MountError(f"the store refuses {names} for good, and they cannot be measured: {exc}") from None
+        if used + size > self._quarantine_max:
+            raise MountError(f"the store refuses {names} for good, and their {size} bytes do not fit in {root} "
+                             f"({used} of {self._quarantine_max} bytes used): make room there, then remove the volume")
+        target = Path(tempfile.mkdtemp(prefix=f"{state.name}.", dir=root))  # 0700, and never one that exists
+        try:
+            for number, item in enumerate(files, 1):
+                with open(item.data, "rb") as source, _private_file(target / str(number)) as copy:
+                    shutil.copyfileobj(source, copy)
+            with _private_file(target / "index.json") as index:
+                index.write(json.dumps([{"file": str(n), "name": f.path} for n, f in enumerate(files, 1)],
+                                       indent=1).encode())
+            _fsync_dir(target)
+        except OSError as exc:
+            shutil.rmtree(target, ignore_errors=True)  # this attempt's copies only: the originals stay
+            raise MountError(f"the store refuses {names} for good, and they cannot be copied to {target}: "
+                             f"{exc.strerror or exc}") from None
+        kept = "; ".join(f"'{printable(item.path)}' in {target / str(n)}" for n, item in enumerate(files, 1))
+        return f"the store refused {len(files)} file(s) for good; their bytes are kept on this host: {kept}"
 
     def _on_exit(self, ref: ProcessRef) -> None:
         """The mounter ended on its own: the volume (and so its session) has failed."""
@@ -582,6 +665,31 @@ class VolumeManager:
                 self.watcher.watch(ref)
             self._save(state)
             self._log(f"adopted {state.name} ({state.status})")
+
+
+def _tree_bytes(root: Path) -> int:
+    total = 0
+    for directory, _dirs, files in os.walk(root):
+        total += sum(os.lstat(os.path.join(directory, name)).st_size for name in files)
+    return total
+
+
+@contextlib.contextmanager
+def _private_file(path: Path) -> Iterator[BinaryIO]:
+    """A new file only root reads (0600), on disk (fsync) when the block ends."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        yield out
+        out.flush()
+        os.fsync(out.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def share(path: Path) -> None:

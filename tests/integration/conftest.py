@@ -4,6 +4,8 @@ service of the tests' own. Every session test runs once per mount strategy."""
 from __future__ import annotations
 
 import dataclasses
+import os
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,6 +24,10 @@ from ..servers.volumed import VolumeService
 
 STRATEGIES = ("host", "in-container")
 STAGING_SIZE = "1500m"  # above the 1 GB file test, below the 2 GB fill test
+# A fixed driver name: Docker keeps asking every volume driver it ever met about names it does
+# not know, and one random name per test run would leave it a growing list of dead ones. Another
+# checkout's suite running on the same host at the same time sets a name of its own.
+TEST_DRIVER = os.environ.get("SANDBOX_TEST_VOLUME_DRIVER", "sandbox-host-test")
 
 
 @pytest.fixture(scope="session")
@@ -47,9 +53,7 @@ def volume_service(s3_store: Store, session_bucket: str,
     settings = {"s3_endpoint": s3_store.endpoint, "bucket": session_bucket, "sts_role_arn": s3_store.role_arn,
                 "access_key": s3_store.access_key, "secret_key": s3_store.secret_key,
                 "staging_size": STAGING_SIZE}
-    # A fixed driver name: Docker keeps asking every volume driver it ever met about names it does
-    # not know, and one random name per test run would leave it a growing list of dead ones.
-    with VolumeService(settings, tmp_path_factory.mktemp("volumed"), driver="sandbox-host-test") as service:
+    with VolumeService(settings, tmp_path_factory.mktemp("volumed"), driver=TEST_DRIVER) as service:
         yield service
 
 
@@ -117,3 +121,22 @@ def host_s3fs_pids(bucket: str, sid: str) -> list[int]:
         if needle in argv and any(a == b"s3fs" or a.endswith(b"/s3fs") for a in argv[:argv.index(needle)]):
             found.append(int(proc.name))
     return found
+
+
+CHECKOUT = Path(__file__).resolve().parents[2]
+
+
+def cli(settings: Settings, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The `sandbox-host` command as a user runs it, configured by the environment: this
+    checkout's, whatever ``cwd`` (a virtualenv may hold another checkout as the package)."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),
+               SANDBOX_S3_ENDPOINT=settings.s3_endpoint, SANDBOX_S3_BUCKET=settings.bucket,
+               AWS_ACCESS_KEY_ID=settings.access_key, AWS_SECRET_ACCESS_KEY=settings.secret_key,
+               SANDBOX_IMAGE=settings.image, SANDBOX_NETWORK=settings.network, SANDBOX_STATE_DIR=settings.state_dir,
+               SANDBOX_MOUNT=settings.mount, SANDBOX_VOLUME_DRIVER=settings.volume_driver,
+               SANDBOX_STS_ROLE_ARN=settings.sts_role_arn, SANDBOX_CONFIG="/dev/null")
+    out = subprocess.run([sys.executable, "-m", "provisioning.cli", *argv], env=env, capture_output=True, text=True,
+                         cwd=cwd)
+    if check:
+        assert out.returncode == 0, out.stderr
+    return out

@@ -3,27 +3,12 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from provisioning.config import Settings
 
 from ..conftest import session_id
-
-
-def cli(settings: Settings, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, SANDBOX_S3_ENDPOINT=settings.s3_endpoint, SANDBOX_S3_BUCKET=settings.bucket,
-               AWS_ACCESS_KEY_ID=settings.access_key, AWS_SECRET_ACCESS_KEY=settings.secret_key,
-               SANDBOX_IMAGE=settings.image, SANDBOX_NETWORK=settings.network, SANDBOX_STATE_DIR=settings.state_dir,
-               SANDBOX_MOUNT=settings.mount, SANDBOX_VOLUME_DRIVER=settings.volume_driver,
-               SANDBOX_STS_ROLE_ARN=settings.sts_role_arn, SANDBOX_CONFIG="/dev/null")
-    out = subprocess.run([sys.executable, "-m", "provisioning.cli", *argv], env=env, capture_output=True, text=True,
-                         cwd=cwd)
-    if check:
-        assert out.returncode == 0, out.stderr
-    return out
+from .conftest import cli
 
 
 def test_readme_session_flow(settings: Settings, manager, tmp_path: Path) -> None:

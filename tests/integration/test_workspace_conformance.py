@@ -108,8 +108,8 @@ def test_workspace_conformance_with_rclone(manager: SessionManager, storage: Ses
     sid = probe_matches(manager, storage, {**LOCAL_DISK, **RCLONE_LIMITATIONS})
     if s3_store.name == "moto":
         # The embedded endpoint cannot store a key with a newline: rclone keeps the file in its
-        # cache and retries; a stop now would fail naming it (the drain test shows that path).
-        # Once the file is removed, nothing is left unsent.
+        # cache and retries; a stop now would keep its bytes aside and fail naming it (as
+        # test_sessions shows). Once the file is removed, nothing is left unsent.
         time.sleep(3)
         keys = [o["Key"] for o in storage.client.list_objects_v2(
             Bucket=storage.settings.bucket, Prefix=f"{facts.session_prefix(sid)}/").get("Contents", [])]

@@ -60,3 +60,31 @@ def test_double_dash_elsewhere_means_what_argparse_says() -> None:
     from provisioning.cli import parse
 
     assert parse(["session", "stop", "--", "abc"]).session_id == "abc"
+
+
+ODD_NAME = "a\n\x1b]0;pwned\x07\x1b[2Jstopped cleanly"
+
+
+def test_printable_escapes_what_a_terminal_acts_on() -> None:
+    from provisioning.escape import printable
+
+    assert printable(ODD_NAME) == "a\\n\\x1b]0;pwned\\x07\\x1b[2Jstopped cleanly"
+    assert printable("back\\slash \u202eevil \u2028 caf\u00e9") == "back\\\\slash \\u202eevil \\u2028 caf\u00e9"
+    # A message that already holds an escaped name keeps it as it is; raw control characters go.
+    message = f"kept {printable(ODD_NAME)}\r\x1b[1A"
+    assert printable(message, quote_backslashes=False) == f"kept {printable(ODD_NAME)}\\r\\x1b[1A"
+
+
+def test_an_error_naming_a_hostile_file_reaches_the_terminal_escaped(tmp_path) -> None:
+    """The CLI's one error line carries a file name with a newline and terminal escapes: it stays
+    one line, with no escape character, the name shown escaped."""
+    # The in-container mount: no volume service to agree with (the fast tier reaches no service).
+    env = dict(os.environ, SANDBOX_S3_ENDPOINT="http://127.0.0.1:9", AWS_ACCESS_KEY_ID="AK",
+               AWS_SECRET_ACCESS_KEY="SK", SANDBOX_CONFIG=str(tmp_path / "none.toml"), SANDBOX_MOUNT="in-container")
+    (tmp_path / "none.toml").write_text("")
+    out = subprocess.run([sys.executable, "-m", "provisioning.cli", "session", "upload", "abc1", ODD_NAME],
+                         env=env, capture_output=True, text=True)
+    assert out.returncode == 1, out.stderr
+    assert "\x1b" not in out.stderr and "\x07" not in out.stderr
+    assert out.stderr.count("\n") == 1 and out.stderr.startswith("sandbox-host: error: upload: "), out.stderr
+    assert "a\\n\\x1b]0;pwned\\x07\\x1b[2Jstopped cleanly is not a readable file" in out.stderr

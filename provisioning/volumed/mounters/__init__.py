@@ -4,11 +4,11 @@ Each mounter is one small class with the same interface (``base.Mounter``)."""
 from __future__ import annotations
 
 from ... import facts
-from .base import MountCommand, Mounter, MountTarget
+from .base import HeldFile, MountCommand, Mounter, MountTarget, Refuses
 from .rclone import RcloneMounter
 from .s3fs import S3fsMounter
 
-__all__ = ["MountCommand", "MountTarget", "Mounter", "RcloneMounter", "S3fsMounter", "make"]
+__all__ = ["HeldFile", "MountCommand", "MountTarget", "Mounter", "Refuses", "RcloneMounter", "S3fsMounter", "make"]
 
 
 def make(name: str, s3fs_binary: str | None = None) -> Mounter:

@@ -4,6 +4,7 @@ written is lost."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -33,6 +34,19 @@ class MountCommand:
     control: str = field(default="", repr=False)
 
 
+@dataclass(frozen=True)
+class HeldFile:
+    """A file written through the mount that is on host disk only, not (yet) in S3."""
+
+    path: str  # relative to the workspace root, as user code named it: escape it before showing it
+    data: Path  # its bytes, in the staging area
+    complete: bool  # the staging area holds every byte of it (not only the parts read or written)
+
+
+# Asked by drain() when uploads stall: does the store refuse every one of these files for good?
+Refuses = Callable[[list[HeldFile]], bool]
+
+
 class Mounter(Protocol):
     name: str
 
@@ -42,9 +56,11 @@ class Mounter(Protocol):
     def verify(self, control: str, timeout: float) -> None:
         """Raise MountError unless what drain() needs works (after the mount appeared)."""
 
-    def drain(self, control: str, timeout: float) -> None:
-        """Return once every write made through the mount is in S3; raise MountError if that
-        does not happen within ``timeout``. Called after the last container left, before unmount."""
+    def drain(self, control: str, timeout: float, refuses: Refuses) -> list[HeldFile]:
+        """Return once every write made through the mount is in S3 (an empty list), or once the
+        only files left are ones ``refuses`` says the store will never take (those files: the
+        caller keeps their bytes); raise MountError if neither happens within ``timeout``.
+        Called after the last container left, before unmount."""
 
     def check(self) -> None:
         """Raise MountError naming the fix when this host cannot run the mounter."""

@@ -2,24 +2,33 @@
 session's staging area on host disk and reach S3 in the background a moment after each close,
 which makes small-file work fast. The price is a window in which a file exists only on the
 host: the teardown drains it (asks rclone's remote control until nothing is left to upload)
-before it unmounts, and fails loudly, keeping the cache, if that does not happen."""
+before it unmounts, and fails loudly, keeping the cache, if that does not happen.
+
+rclone retries an upload the store refuses for good (the embedded endpoint answers 404 to a key
+with a newline) forever, at growing intervals, and 1.60 says neither which files wait nor why
+(no ``vfs/queue``; ``core/stats`` has one ``lastError``, here "XML syntax error", without the
+status). So when uploads stall, the drain reads the files still dirty from the cache's metadata
+and lets the caller ask the store itself about them (``Refuses``).
+"""
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
 import shutil
 import socket
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from ... import facts
 from ...config import Credentials, ValidSettings
 from ..fuseproc import MountError
-from .base import MountCommand, MountTarget
+from .base import HeldFile, MountCommand, MountTarget, Refuses
 
 # A file closed this long ago is uploaded: the most a crash of the host (not a stop) can lose.
 WRITE_BACK = "1s"
@@ -28,6 +37,13 @@ DIR_CACHE_TIME = "5s"
 # Uploads at once while draining and in the background.
 TRANSFERS = 8
 REMOTE = "ws"  # the remote's name in the environment-only configuration
+# Nothing uploading this long after the drain began, yet files still queued: each of them has
+# failed at least once (write-back is WRITE_BACK, rclone's first retry 2 s after a failure), so
+# the store is asked why. A stop with nothing refused is done well before this.
+STALLED_AFTER = 2.0
+# How often the store is asked again while it gives no verdict (unreachable, failing, or it
+# takes some of the files: rclone's next try will do).
+ASK_EVERY = 5.0
 
 
 def _free_port() -> int:
@@ -90,15 +106,24 @@ class RcloneMounter:
                     raise
                 time.sleep(0.02)
 
-    def drain(self, control: str, timeout: float) -> None:
+    def drain(self, control: str, timeout: float, refuses: Refuses) -> list[HeldFile]:
         deadline = time.monotonic() + timeout
+        next_question = time.monotonic() + STALLED_AFTER
         while True:
             cache = self.stats(control).get("diskCache", {})
-            pending = int(cache.get("uploadsInProgress", 0)) + int(cache.get("uploadsQueued", 0))
-            if pending == 0:
-                return
-            if time.monotonic() > deadline:
-                raise MountError(f"rclone still had {pending} file(s) to upload after {timeout:g}s; "
+            uploading, queued = int(cache.get("uploadsInProgress", 0)), int(cache.get("uploadsQueued", 0))
+            if uploading + queued == 0:
+                return []
+            now = time.monotonic()
+            if uploading == 0 and now >= next_question:
+                held = held_files(cache)
+                # Every queued file accounted for (a metadata file being rewritten is not read),
+                # and every one refused: nothing else waits.
+                if held and len(held) == queued and refuses(held):
+                    return held
+                next_question = time.monotonic() + ASK_EVERY
+            if now > deadline:
+                raise MountError(f"rclone still had {uploading + queued} file(s) to upload after {timeout:g}s; "
                                  "they stay in its cache")
             time.sleep(0.05)
 
@@ -119,3 +144,36 @@ class RcloneMounter:
         if shutil.which(self.binary) is None:
             raise MountError("rclone is not installed on this host (mounter = \"rclone\"); set "
                              "sandbox_host_config.mounter: rclone and rerun the playbook, or apt-get install rclone")
+
+
+def held_files(cache: dict[str, Any]) -> list[HeldFile]:
+    """The files rclone's VFS cache marks dirty (not uploaded yet), from its metadata: one JSON
+    file per cached file under ``pathMeta``, its bytes under ``path`` (both from ``vfs/stats``)."""
+    if not cache.get("pathMeta") or not cache.get("path"):
+        return []
+    meta_root, data_root = Path(str(cache["pathMeta"])), Path(str(cache["path"]))
+    held = []
+    for directory, _dirs, files in os.walk(meta_root):  # symbolic links are not followed
+        for name in files:
+            meta = Path(directory) / name
+            try:
+                item = json.loads(meta.read_text())
+                if not item.get("Dirty"):
+                    continue
+                complete = _covers(item.get("Rs") or [], int(item.get("Size", 0)))
+            except (OSError, ValueError, AttributeError, TypeError):
+                continue  # gone (uploaded, removed) or being rewritten: the caller compares counts
+            path = str(meta.relative_to(meta_root))
+            held.append(HeldFile(path, data_root / path, complete))
+    return sorted(held, key=lambda f: f.path)
+
+
+def _covers(ranges: list[dict[str, int]], size: int) -> bool:
+    """Whether the cached ranges (``Rs``: Pos, Size) hold every byte of a file of ``size``: a file
+    opened from S3 and changed in part holds only the parts read or written."""
+    end = 0
+    for span in sorted(ranges, key=lambda r: int(r.get("Pos", 0))):
+        if int(span.get("Pos", 0)) > end:
+            return False
+        end = max(end, int(span.get("Pos", 0)) + int(span.get("Size", 0)))
+    return end >= size

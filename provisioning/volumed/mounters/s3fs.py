@@ -8,7 +8,7 @@ from ...config import Credentials, ValidSettings
 from ...hostinfo import s3fs_binary
 from ...s3fsopts import s3fs_mount
 from ..fuseproc import MountError
-from .base import MountCommand, MountTarget, aws_env
+from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env
 
 
 class S3fsMounter:
@@ -25,9 +25,10 @@ class S3fsMounter:
     def verify(self, control: str, timeout: float) -> None:
         """s3fs needs nothing beyond its mount."""
 
-    def drain(self, control: str, timeout: float) -> None:
-        """Nothing to wait for here: s3fs uploaded each file when it was closed, and it finishes
-        what is pending before it exits (the teardown waits for that)."""
+    def drain(self, control: str, timeout: float, refuses: Refuses) -> list[HeldFile]:
+        """Nothing to wait for here: s3fs uploaded each file when it was closed (a close the store
+        refused failed), and it finishes what is pending before it exits (the teardown waits)."""
+        return []
 
     def check(self) -> None:
         if shutil.which(self.binary) is None:  # a name on PATH, or the private runtime's path
