@@ -77,9 +77,9 @@ def cmd_doctor(args: argparse.Namespace) -> int:
     else:
         for check in checks:
             mark = "ok  " if check.ok else "FAIL"
-            print(f"[{mark}] {check.name}: {check.detail}")
+            print(f"[{mark}] {check.name}: {printable(check.detail, quote_backslashes=False)}")
             if not check.ok and check.fix:
-                print(f"       fix: {check.fix}")
+                print(f"       fix: {printable(check.fix, quote_backslashes=False)}")
     return 0 if all(c.ok for c in checks) else 1
 
 
@@ -456,7 +456,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         return 130
     except Exception as exc:  # noqa: BLE001 - one line for what is known, a traceback for a bug
-        message, code = explain(exc)
+        try:
+            message, code = explain(exc)
+        except Exception:  # noqa: BLE001 - a bug: its traceback, escaped like every message
+            import traceback
+
+            for line in traceback.format_exc().splitlines():
+                print(printable(line, quote_backslashes=False), file=sys.stderr)
+            return 1
         # Messages name files, keys and Docker's or S3's own words: none may reach the terminal raw.
         print(f"sandbox-host: error: {printable(message, quote_backslashes=False)}", file=sys.stderr)
         return code
