@@ -458,11 +458,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for what is known, a traceback for a bug
         try:
             message, code = explain(exc)
-        except Exception:  # noqa: BLE001 - a bug: its traceback, escaped like every message
+        except Exception as bug:  # noqa: BLE001 - a bug: its traceback, and its message escaped as one line
             import traceback
 
-            for line in traceback.format_exc().splitlines():
-                print(printable(line, quote_backslashes=False), file=sys.stderr)
+            print("Traceback (most recent call last):", file=sys.stderr)
+            print("".join(traceback.format_tb(bug.__traceback__)), end="", file=sys.stderr)
+            print(printable(f"{type(bug).__qualname__}: {bug}", quote_backslashes=False), file=sys.stderr)
             return 1
         # Messages name files, keys and Docker's or S3's own words: none may reach the terminal raw.
         print(f"sandbox-host: error: {printable(message, quote_backslashes=False)}", file=sys.stderr)

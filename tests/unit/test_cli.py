@@ -88,3 +88,17 @@ def test_an_error_naming_a_hostile_file_reaches_the_terminal_escaped(tmp_path) -
     assert "\x1b" not in out.stderr and "\x07" not in out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("sandbox-host: error: upload: "), out.stderr
     assert "a\\n\\x1b]0;pwned\\x07\\x1b[2Jstopped cleanly is not a readable file" in out.stderr
+
+
+def test_a_bugs_traceback_reaches_the_terminal_escaped(monkeypatch, capsys) -> None:
+    """An error the runtime does not know (a bug) is printed with its traceback, escaped too."""
+    from provisioning import cli
+
+    def broken(_args: object) -> int:
+        raise RuntimeError("a\n\x1b]0;pwned\x07\x1b[2Jname")
+
+    monkeypatch.setattr(cli, "cmd_session_list", broken)
+    assert cli.main(["session", "list"]) == 1
+    err = capsys.readouterr().err
+    assert "\x1b" not in err and "\x07" not in err
+    assert "RuntimeError: a\\n\\x1b]0;pwned\\x07\\x1b[2Jname" in err and "Traceback" in err
