@@ -186,7 +186,7 @@ def cmd_session_health(args: argparse.Namespace) -> int:
 
 # -- embedded S3 ---------------------------------------------------------------------------
 def cmd_s3_serve(args: argparse.Namespace) -> int:
-    from .s3server import EmbeddedS3Server, generate_credentials
+    from .devstore.server import EmbeddedS3Server, generate_credentials
 
     key, secret = os.environ.get(SERVER_KEY_ENV, ""), os.environ.get(SERVER_SECRET_ENV, "")
     if bool(key) != bool(secret):

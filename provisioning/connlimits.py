@@ -53,7 +53,7 @@ def require_positive(settings: Any) -> None:
 @dataclass(frozen=True)
 class Limits:
     """What a :class:`Guard` enforces, built by each server from its settings (their defaults and
-    the reasons for them: ``provisioning.s3server.ServerLimits``,
+    the reasons for them: ``provisioning.devstore.server.ServerLimits``,
     ``provisioning.volumed.gateway.GatewayLimits``). Times in seconds, ``min_rate`` in bytes per
     second; ``handshake`` is None for a server without TLS."""
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from provisioning.config import Credentials, Settings
-from provisioning.s3server import EmbeddedS3Server, generate_credentials
+from provisioning.devstore.server import EmbeddedS3Server, generate_credentials
 from provisioning.storage import SessionStorage
 
 

@@ -102,3 +102,17 @@ def test_a_bugs_traceback_reaches_the_terminal_escaped(monkeypatch, capsys) -> N
     err = capsys.readouterr().err
     assert "\x1b" not in err and "\x07" not in err
     assert "RuntimeError: a\\n\\x1b]0;pwned\\x07\\x1b[2Jname" in err and "Traceback" in err
+
+
+def test_s3_serve_without_the_server_extra_names_the_fix(tmp_path) -> None:
+    """The dev endpoint is an opt-in part: without moto, `s3 serve` says how to install it (one
+    line, no traceback) and writes nothing."""
+    blocked = ("import sys; sys.modules['moto'] = None; from provisioning.cli import main; "
+               "sys.exit(main(sys.argv[1:]))")
+    config = tmp_path / "s3.toml"
+    out = subprocess.run([sys.executable, "-c", blocked, "s3", "serve", "--port", "0", "--write-config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1, out.stderr
+    assert "pip install 'sandbox-host[server]'" in out.stderr
+    assert "Traceback" not in out.stderr
+    assert not config.exists()

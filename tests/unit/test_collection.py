@@ -94,3 +94,20 @@ def test_the_wheel_lists_every_runtime_package() -> None:
     listed = set(tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {".".join(init.parent.relative_to(root).parts) for init in (root / "provisioning").rglob("__init__.py")}
     assert found <= listed, sorted(found - listed)
+
+
+def test_only_the_devstore_imports_moto() -> None:
+    """Production hosts install no moto (the ``server`` extra): an import of it anywhere else in
+    the runtime would break them."""
+    import ast
+
+    root = Path(__file__).resolve().parents[2] / "provisioning"
+    found = []
+    for source in root.rglob("*.py"):
+        if source.relative_to(root).parts[0] == "devstore":
+            continue
+        for node in ast.walk(ast.parse(source.read_text(), str(source))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            found += [f"{source.relative_to(root)}:{node.lineno}" for n in names if n.split(".")[0] == "moto"]
+    assert not found, found

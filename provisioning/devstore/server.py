@@ -13,7 +13,7 @@ s3fs's requests), so this module verifies every request before moto sees it:
   credentials, kept in memory with their session policy and expiry, that need their
   ``x-amz-security-token``.
 * **Authorization** of temporary credentials against their session policy, the way AWS
-  evaluates it (:mod:`provisioning.s3policy`); refusals answer 403 AccessDenied. The root
+  evaluates it (:mod:`provisioning.devstore.policy`); refusals answer 403 AccessDenied. The root
   key pair may do everything.
 * **Connection limits** (:class:`ServerLimits`, :mod:`provisioning.connlimits`): a cap on the
   connections one peer holds (a local peer is a uid: one user cannot take root's share; further
@@ -43,8 +43,10 @@ from typing import IO, Any
 from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
-from . import connlimits, s3policy
-from .config import Credentials
+from .. import connlimits
+from ..config import Credentials
+from ..errors import SandboxHostError
+from . import policy as s3policy
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
@@ -75,6 +77,12 @@ _STATUS = {
     "MissingContentLength": "411 Length Required",
     "SlowDown": "503 Service Unavailable",
 }  # every other code: 400 Bad Request
+
+
+class NotInstalled(SandboxHostError):
+    """The ``server`` extra (moto) is missing: the dev endpoint is an opt-in part."""
+
+    kind = "not-installed"
 
 
 class AuthError(Exception):
@@ -837,10 +845,10 @@ class EmbeddedS3Server:
                  limits: ServerLimits = ServerLimits(), clock: Callable[[], dt.datetime] = _utcnow) -> None:
         try:
             from moto.server import create_backend_app  # type: ignore[attr-defined]
-        except ImportError as exc:  # pragma: no cover - depends on the install
-            raise RuntimeError(
-                "the embedded S3 endpoint needs moto's server: pip install 'sandbox-host[server]'"
-            ) from exc
+        except ImportError:
+            raise NotInstalled("the embedded S3 endpoint needs moto's server, which is not installed here: "
+                               "pip install 'sandbox-host[server]' (the sandbox_host role: "
+                               "sandbox_host_extras: [server])") from None
 
         app = create_backend_app("s3")
         self.credentials = credentials

@@ -28,7 +28,7 @@ from provisioning.credentials import policy_json
 from provisioning.credentials import session_policy as runtime_policy
 from provisioning.validation import session_id
 from provisioning.config import Credentials
-from provisioning.s3server import (
+from provisioning.devstore.server import (
     AuthError,
     EmbeddedS3Server,
     ServerLimits,

@@ -8,7 +8,7 @@ import pytest
 
 from provisioning.credentials import policy_json, session_policy
 from provisioning.validation import session_id
-from provisioning.s3policy import (
+from provisioning.devstore.policy import (
     ALL_BUCKETS_ARN,
     Decision,
     Permission,
