@@ -5,12 +5,11 @@ the SDK."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 from typing import Any
 from urllib.parse import quote
 
+from . import unixhttp
 from .errors import SandboxHostError, UnreachableError
 
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -37,34 +36,29 @@ def local_socket(environ: dict[str, str] | None = None) -> str | None:
 
 
 def inspect_container(name: str, socket_path: str, timeout: float = 10.0) -> dict[str, Any] | None:
-    """GET /containers/NAME/json: the container's inspect data, or None when there is no such container."""
-    request = (f"GET /containers/{quote(name, safe='')}/json HTTP/1.0\r\nHost: docker\r\n"
-               "Accept: application/json\r\n\r\n").encode()
+    """GET /containers/NAME/json: the container's inspect data, or None when there is no such
+    container. ``timeout`` bounds the whole call."""
+    request = unixhttp.Request("GET", f"/containers/{quote(name, safe='')}/json", host="docker",
+                               headers=(("Accept", "application/json"),), version="HTTP/1.0")
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
-            conn.settimeout(timeout)
-            conn.connect(socket_path)
-            conn.sendall(request)
-            chunks, size = [], 0
-            while chunk := conn.recv(65536):
-                chunks.append(chunk)
-                size += len(chunk)
-                if size > _MAX_ANSWER:
-                    raise EngineError(f"the Docker engine at {socket_path} answered more than {_MAX_ANSWER} bytes")
-    except OSError as exc:
+        # HTTP/1.0: the engine answers without chunks, and may send no Content-Length (it closes).
+        answer = unixhttp.call(socket_path, request, timeout=timeout, max_answer=_MAX_ANSWER)
+    except (unixhttp.Unreachable, unixhttp.TimedOut) as exc:
+        cause = type(exc.error).__name__ if isinstance(exc, unixhttp.Unreachable) else "TimeoutError"
         raise EngineUnavailable(
-            f"Docker engine not reachable at unix://{socket_path} ({exc.__class__.__name__}); "
+            f"Docker engine not reachable at unix://{socket_path} ({cause}); "
             "start it (systemctl start docker, or 'dockerd &' where there is no systemd)") from None
-    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
-    try:
-        status = int(head.split(b" ", 2)[1])
-    except (IndexError, ValueError):
-        raise EngineError(f"the Docker engine at {socket_path} gave no HTTP answer") from None
+    except unixhttp.TooLarge:
+        raise EngineError(f"the Docker engine at {socket_path} answered more than {_MAX_ANSWER} bytes") from None
+    except unixhttp.Malformed as exc:
+        what = "an answer cut short" if exc.part == "length" else "no HTTP answer"
+        raise EngineError(f"the Docker engine at {socket_path} gave {what}") from None
+    status = answer.status
     if status == 404:
         return None
     try:
-        data = json.loads(body)
-    except ValueError:
+        data = answer.json()
+    except unixhttp.Malformed:
         raise EngineError(f"the Docker engine at {socket_path} answered {status} with no JSON") from None
     if status != 200:
         raise EngineError(f"Docker engine: {data.get('message', status) if isinstance(data, dict) else status}")

@@ -17,18 +17,15 @@ import json
 import os
 import socket
 import ssl
-import struct
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from . import facts
+from . import facts, unixhttp
 from .errors import SandboxHostError
 from .procs import ProcessRef, in_container, namespace_init
 
 MAX_RESPONSE = 64 << 20  # two 16 MiB outputs, base64, and the JSON around them
-MAX_HEAD = 16 << 10
 HEALTH_TIMEOUT = 5.0
 EXEC_MARGIN = 30.0  # on top of the command's own timeout
 
@@ -67,70 +64,39 @@ class ExecResult:
             raise ExecutorError(f"the executor's answer is malformed ({type(exc).__name__})") from None
 
 
-def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
-    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("iII"))
-    pid, uid, gid = struct.unpack("iII", raw)
-    return pid, uid, gid
-
-
-class _Deadline:
-    def __init__(self, seconds: float | None) -> None:
-        self.end = None if seconds is None else time.monotonic() + seconds
-        self.seconds = seconds
-
-    def remaining(self) -> float | None:
-        if self.end is None:
-            return None
-        left = self.end - time.monotonic()
-        if left <= 0:
-            raise ExecutorError(f"the executor did not answer within {self.seconds:g}s")
-        return left
-
-
 class _JsonClient:
-    """One HTTP/1.1 request per connection, JSON both ways, a total deadline and a size cap:
-    what every way of reaching an executor shares. Subclasses open the connection."""
+    """One HTTP/1.1 request per connection, JSON both ways, a total deadline and a size cap
+    (:mod:`provisioning.unixhttp`): what every way of reaching an executor shares. Subclasses
+    open the connection."""
 
     prefix = ""  # put before every path
 
-    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+    def _open(self, deadline: unixhttp.Deadline) -> tuple[unixhttp.Connection, ProcessRef | None]:
         raise NotImplementedError
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None,
                 timeout: float | None = 30.0) -> tuple[int, dict[str, Any], ProcessRef | None]:
         """One request, one connection; ``timeout`` bounds the whole call (None: no bound)."""
-        deadline = _Deadline(timeout)
+        deadline = unixhttp.Deadline(timeout)
         payload = json.dumps(body).encode() if body is not None else b""
-        head = (f"{method} {self.prefix}{path} HTTP/1.1\r\nHost: executor\r\nConnection: close\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode()
-        sock, peer = self._open(deadline)
+        request = unixhttp.Request(method, f"{self.prefix}{path}", "executor", (("Content-Type", "application/json"),),
+                                   payload)
         try:
-            sock.sendall(head + payload)
-            raw = self._read_all(sock, deadline)
-        except OSError as exc:
-            raise ExecutorError(f"executor connection failed: {exc.strerror or exc}") from None
-        finally:
-            sock.close()
-        status, data = _parse_response(raw)
-        return status, data, peer
-
-    @staticmethod
-    def _read_all(sock: socket.socket, deadline: _Deadline) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        while True:
-            sock.settimeout(deadline.remaining())
-            try:
-                chunk = sock.recv(1 << 16)
-            except TimeoutError:
-                deadline.remaining()  # raises the deadline error
-                continue
-            if not chunk:
-                return b"".join(chunks)
-            size += len(chunk)
-            if size > MAX_RESPONSE:
-                raise ExecutorError(f"the executor's answer exceeds {MAX_RESPONSE >> 20} MiB; refusing it")
-            chunks.append(chunk)
+            conn, peer = self._open(deadline)
+            with conn:
+                answer = conn.exchange(request, MAX_RESPONSE, require_length=True)
+            data = answer.json() if answer.body else {}
+        except unixhttp.TimedOut as exc:
+            raise ExecutorError(f"the executor did not answer within {exc.seconds:g}s") from None
+        except unixhttp.Unreachable as exc:
+            raise ExecutorError(f"executor connection failed: {exc.error.strerror or exc.error}") from None
+        except unixhttp.TooLarge:
+            raise ExecutorError(f"the executor's answer exceeds {MAX_RESPONSE >> 20} MiB; refusing it") from None
+        except unixhttp.Malformed as exc:
+            raise ExecutorError(_MALFORMED[exc.part].format(status=exc.status)) from None
+        if not isinstance(data, dict):
+            raise ExecutorError(f"the executor's answer is not a JSON object (HTTP {answer.status})")
+        return answer.status, data, peer
 
     def health(self, timeout: float = HEALTH_TIMEOUT) -> dict[str, Any]:
         status, body, _peer = self.request("GET", "/health", timeout=timeout)
@@ -174,42 +140,44 @@ class ExecutorClient(_JsonClient):
     def socket_path(self) -> Path:
         return self.control_dir / facts.SOCKET_NAME
 
-    def _check_peer(self, sock: socket.socket) -> ProcessRef:
-        pid, uid, _gid = peer_credentials(sock)
-        peer = ProcessRef.of(pid)
+    def _check_peer(self, conn: unixhttp.Connection) -> ProcessRef:
+        peer = conn.peer()
+        pid, uid = peer.pid, peer.uid
+        ref = ProcessRef.of(pid)
         if self.executor is not None:
-            ok = peer == self.executor
+            ok = ref == self.executor
         elif self.container_id:
-            ok = peer is not None and in_container(pid, self.container_id)
+            ok = ref is not None and in_container(pid, self.container_id)
         else:  # a container the caller cannot name: its first process, which user code never is
-            ok = peer is not None and namespace_init(pid)
-        if not ok or peer is None:
+            ok = ref is not None and namespace_init(pid)
+        if not ok or ref is None:
             raise ExecutorError(
                 f"refusing the socket in {self.control_dir}: its peer (pid {pid}, uid {uid}) is not this "
                 f"session's executor (container {self.container_id[:12]})"
             )
-        return peer
+        return ref
 
-    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+    def _open(self, deadline: unixhttp.Deadline) -> tuple[unixhttp.Connection, ProcessRef | None]:
         # Through a directory descriptor: keeps the address short whatever the state dir.
         try:
             dir_fd = os.open(self.control_dir, os.O_PATH | os.O_DIRECTORY | os.O_NOFOLLOW)
         except OSError as exc:
             raise ExecutorError(f"no control directory {self.control_dir}: {exc.strerror}") from None
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            sock.settimeout(deadline.remaining())
-            sock.connect(f"/proc/self/fd/{dir_fd}/{facts.SOCKET_NAME}")
-            peer = self._check_peer(sock)
-        except OSError as exc:
-            sock.close()
-            raise ExecutorError(f"executor not answering on {self.socket_path}: {exc.strerror or exc}") from None
-        except BaseException:
-            sock.close()
-            raise
+            conn = unixhttp.Connection.unix(f"/proc/self/fd/{dir_fd}/{facts.SOCKET_NAME}", deadline)
+        except unixhttp.Unreachable as exc:
+            raise ExecutorError(f"executor not answering on {self.socket_path}: "
+                                f"{exc.error.strerror or exc.error}") from None
         finally:
             os.close(dir_fd)
-        return sock, peer
+        try:
+            return conn, self._check_peer(conn)  # before a byte is sent
+        except OSError as exc:
+            conn.close()
+            raise ExecutorError(f"executor not answering on {self.socket_path}: {exc.strerror or exc}") from None
+        except BaseException:
+            conn.close()
+            raise
 
     def identify(self, timeout: float = HEALTH_TIMEOUT) -> tuple[dict[str, Any], ProcessRef]:
         """Health plus the executor process that answered (recorded once the session is ready)."""
@@ -229,13 +197,13 @@ class RemoteExecutor(_JsonClient):
         self.context = context
         self.prefix = f"/v1/sessions/{session_id}"
 
-    def _open(self, deadline: _Deadline) -> tuple[socket.socket, ProcessRef | None]:
+    def _open(self, deadline: unixhttp.Deadline) -> tuple[unixhttp.Connection, ProcessRef | None]:
         try:
             raw = socket.create_connection((self.address, self.port), timeout=deadline.remaining())
             sock = self.context.wrap_socket(raw, server_hostname=self.address)
         except (OSError, ssl.SSLError) as exc:
             raise ExecutorError(f"node gateway {self.address}:{self.port} not reachable: {exc}") from None
-        return sock, None
+        return unixhttp.Connection(sock, deadline, f"{self.address}:{self.port}"), None
 
     def _check_route(self, status: int, body: dict[str, Any]) -> None:
         if status in (404, 409, 502) and "kind" in body:
@@ -256,27 +224,9 @@ def client_context(ca: str, cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def _parse_response(raw: bytes) -> tuple[int, dict[str, Any]]:
-    head, sep, body = raw.partition(b"\r\n\r\n")
-    if not sep or len(head) > MAX_HEAD:
-        raise ExecutorError("the executor sent a malformed answer (no complete HTTP head)")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split(" ", 2)
-    if len(parts) < 2 or not parts[0].startswith("HTTP/1.") or not parts[1].isdigit():
-        raise ExecutorError("the executor sent a malformed status line")
-    status = int(parts[1])
-    headers = {}
-    for line in lines[1:]:
-        name, colon, value = line.partition(":")
-        if colon:
-            headers[name.strip().lower()] = value.strip()
-    length = headers.get("content-length")
-    if length is None or not length.isdigit() or int(length) != len(body):
-        raise ExecutorError(f"the executor's answer was cut short or has a wrong length (HTTP {status})")
-    try:
-        data = json.loads(body) if body else {}
-    except (ValueError, RecursionError):
-        raise ExecutorError(f"the executor sent an unreadable answer (HTTP {status})") from None
-    if not isinstance(data, dict):
-        raise ExecutorError(f"the executor's answer is not a JSON object (HTTP {status})")
-    return status, data
+_MALFORMED: dict[unixhttp.MalformedPart, str] = {
+    "head": "the executor sent a malformed answer (no complete HTTP head)",
+    "status-line": "the executor sent a malformed status line",
+    "length": "the executor's answer was cut short or has a wrong length (HTTP {status})",
+    "json": "the executor sent an unreadable answer (HTTP {status})",
+}

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import socket
 from pathlib import Path
 from typing import Any
 
+from .. import unixhttp
 from ..errors import UnreachableError
 from .service import socket_path
 
@@ -15,30 +14,23 @@ MAX_ANSWER = 4 << 20
 
 def call(driver: str, endpoint: str, body: dict[str, Any] | None = None, timeout: float = 5.0,
          path: Path | None = None) -> dict[str, Any]:
+    """POST /ENDPOINT with ``body`` as JSON: the service's answer, a JSON object (its ``Err``
+    is the caller's to read). ``timeout`` bounds the whole call."""
     target = path or socket_path(driver)
-    payload = json.dumps(body or {}).encode()
-    request = (f"POST /{endpoint} HTTP/1.1\r\nHost: plugin\r\nConnection: close\r\n"
-               f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n").encode() + payload
+    request = unixhttp.Request.json("POST", f"/{endpoint}", "plugin", body or {})
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-            sock.settimeout(timeout)
-            sock.connect(str(target))
-            sock.sendall(request)
-            chunks, size = [], 0
-            while chunk := sock.recv(65536):
-                size += len(chunk)
-                if size > MAX_ANSWER:
-                    raise UnreachableError(f"the volume service at {target} sent an oversized answer")
-                chunks.append(chunk)
-    except OSError as exc:
+        # The service (plugin.py) always sends a Content-Length: an answer without one was cut.
+        answer = unixhttp.call(str(target), request, timeout=timeout, max_answer=MAX_ANSWER,
+                               require_length=True).json()
+    except (unixhttp.Unreachable, unixhttp.TimedOut) as exc:
+        cause = (exc.error.strerror or exc.error) if isinstance(exc, unixhttp.Unreachable) else exc
         raise UnreachableError(
-            f"the volume service {driver!r} does not answer at {target} ({exc.strerror or exc}); "
+            f"the volume service {driver!r} does not answer at {target} ({cause}); "
             "start it (systemctl start sandbox-host-volumes, or /etc/init.d/sandbox-host-volumes start)"
         ) from None
-    _head, _sep, raw = b"".join(chunks).partition(b"\r\n\r\n")
-    try:
-        answer = json.loads(raw)
-    except ValueError:
+    except unixhttp.TooLarge:
+        raise UnreachableError(f"the volume service at {target} sent an oversized answer") from None
+    except unixhttp.Malformed:
         raise UnreachableError(f"the volume service at {target} sent an unreadable answer") from None
     if not isinstance(answer, dict):
         raise UnreachableError(f"the volume service at {target} sent an unreadable answer")

@@ -131,3 +131,14 @@ def test_a_socket_served_by_another_process_is_refused(tmp_path: Path) -> None:
             ExecutorClient(tmp_path, "", someone_else).health(timeout=2)
     finally:
         server.close()
+
+
+@pytest.mark.parametrize("raw, error", [
+    (b"HTTP/1.1 \xb2\xb2\xb2 OK\r\nContent-Length: 2\r\n\r\n{}", "malformed status line"),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n{}", "cut short or has a wrong length"),
+])
+def test_digits_only_unicode_calls_digits_are_refused(fake_executor, raw: bytes, error: str) -> None:
+    """'²' is a digit to str.isdigit but not to int(): once a ValueError traceback, now refused."""
+    client = fake_executor(lambda conn: conn.sendall(raw))
+    with pytest.raises(ExecutorError, match=error):
+        client.health(timeout=5)
