@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .. import facts
+from .. import facts, mountinfo
 from ..config import ValidSettings
 from ..escape import printable
 from .netguard import NetworkGuard, docker
@@ -118,9 +118,7 @@ def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None =
 
     data = data_dir or Path(facts.SERVICE_DATA_DIR) / driver
     state = state_dir or Path(facts.SERVICE_STATE_DIR) / driver
-    prefix = f"{data}/"
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-        targets = [line.split()[4] for line in mounts if line.split()[4].startswith(prefix)]
+    targets = [mount.mount_point for mount in mountinfo.under(data)]
     # Deepest first: workspaces (FUSE) and staging areas (loop), then the shared parent.
     for target in sorted(targets, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], capture_output=True)

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from .. import mountinfo
 from ..errors import SandboxHostError
 
 
@@ -38,10 +39,8 @@ def _run(argv: list[str]) -> None:
 
 
 def is_mounted(path: Path) -> bool:
-    target = str(path)
     try:
-        with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-            return any(line.split()[4] == target for line in mounts)
+        return mountinfo.at(path) is not None
     except OSError:
         return False
 

@@ -44,7 +44,7 @@ import botocore.config
 import botocore.exceptions
 
 from .. import credentials as creds_mod
-from .. import facts, hostinfo, validation
+from .. import facts, hostinfo, mountinfo, validation
 from ..config import Credentials, ValidSettings
 from ..errors import SandboxHostError
 from ..escape import printable
@@ -697,11 +697,10 @@ def share(path: Path) -> None:
     that a mount made below it later reaches the containers that bound a directory there. The
     host's / may be private (no systemd), so this is never left to chance."""
     target = str(path)
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-        entries = [line.split() for line in mounts if line.split()[4] == target]
-    if not entries:
+    top = mountinfo.at(target)
+    if top is None:
         subprocess.run(["mount", "--bind", target, target], check=True, capture_output=True)
-    elif any(field.startswith("shared:") for field in entries[-1][6:entries[-1].index("-")]):
+    elif top.shared:
         return
     subprocess.run(["mount", "--make-shared", target], check=True, capture_output=True)
 

@@ -16,7 +16,7 @@ from typing import Any
 import docker
 import pytest
 
-from provisioning import facts
+from provisioning import facts, mountinfo
 from provisioning.config import Settings
 from provisioning.executor_client import WorkspaceUnavailable
 from provisioning.launcher import SessionError, SessionExists, SessionManager
@@ -237,9 +237,8 @@ def host_leftovers(bucket: str, sid: str, state: dict[str, Any]) -> list[str]:
     left = [f"rclone pid {p.name}" for p in Path("/proc").iterdir()
             if p.name.isdigit() and _is_rclone_of(_cmdline(p).split(b"\0"), remote)]
     staging = str(Path(state["staging"]).with_suffix(""))
-    with open("/proc/self/mountinfo", encoding="utf-8") as mounts:
-        left += [f"mount {line.split()[4]}" for line in mounts
-                 if f"/{state['name']}/" in line.split()[4] or line.split()[4] == staging]
+    left += [f"mount {m.mount_point}" for m in mountinfo.read()
+             if f"/{state['name']}/" in m.mount_point or m.mount_point == staging]
     return left + ([f"staging image {state['staging']}"] if Path(state["staging"]).exists() else [])
 
 

@@ -22,6 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
+from provisioning import mountinfo
 from provisioning.aptmirror import debian_mirror
 from typing import Any
 
@@ -75,9 +76,8 @@ def cache_dir() -> Path:
 
 def _unmount_under(root: Path) -> None:
     """Unmount what a failed debootstrap may have left mounted (proc, sys) before its rootfs is removed."""
-    prefix = str(root.resolve()) + "/"
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for target in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+    targets = [m.mount_point for m in mountinfo.under(root.resolve())]
+    for target in sorted(targets, key=len, reverse=True):
         subprocess.run(["umount", "-l", target], check=False)
 
 
