@@ -8,12 +8,12 @@ import os
 import selectors
 import subprocess
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SandboxHostError
 from ..escape import printable
+from ..polling import poll_until
 from ..procs import ProcessRef
 from .staging import is_mounted
 
@@ -50,15 +50,16 @@ def start(argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess
 
 
 def wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    delay = 0.001
-    while not is_mounted(mountpoint):
+    def mounted() -> bool:
+        if is_mounted(mountpoint):
+            return True
         if proc.poll() is not None:
             raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) before mounting: {log_tail(log)}")
-        if time.monotonic() > deadline:
-            raise MountError(f"{proc.args[0]} did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}")
-        time.sleep(delay)
-        delay = min(delay * 1.5, 0.01)
+        return False
+
+    poll_until(mounted, timeout,
+               lambda: MountError(f"{proc.args[0]} did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}"),
+               every=0.001, growth=1.5, at_most=0.01)
 
 
 def unmount(mountpoint: Path) -> None:
@@ -72,14 +73,17 @@ def unmount(mountpoint: Path) -> None:
 
 def wait_exit(ref: ProcessRef, timeout: float, reap: Callable[[int], None] | None = None) -> bool:
     """Wait for the process to end. True if it ended in time."""
-    deadline = time.monotonic() + timeout
-    while ref.alive():
+    def ended() -> bool:
+        if not ref.alive():
+            return True
         if reap is not None:
             reap(ref.pid)
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.005)
-    return True
+        return False
+
+    try:
+        return poll_until(ended, timeout, TimeoutError, every=0.005)
+    except TimeoutError:
+        return False
 
 
 class Watcher:

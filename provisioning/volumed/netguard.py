@@ -27,6 +27,7 @@ from typing import Any
 from .. import egress, facts
 from ..errors import SandboxHostError
 from ..lazy import lazy_import
+from ..polling import poll_until
 from ..validation import ValidationError
 
 docker = lazy_import("docker")  # the same module object as the clients' (lazy elsewhere in the runtime)
@@ -174,20 +175,17 @@ class NetworkGuard:
     def admit(self, container_id: str = "", session_id: str = "", timeout: float = 10.0) -> egress.SessionRule:
         """Once the rule of a session's container (named by its id, or, in a fleet, by its
         session's) is in the kernel: its address and policy."""
-        import time
-
         if not self._ready.wait(timeout):
             raise NetworkGuardError(f"the sessions' network {self.network} is not ready: {self._problem or 'starting'}")
-        deadline = time.monotonic() + timeout
-        while True:
-            for rule in self.reconcile():
-                if rule.container_id == container_id or (session_id and rule.session_id == session_id):
-                    return rule
-            if time.monotonic() > deadline:
-                which = f"container {container_id[:12]}" if container_id else f"session {session_id}"
-                raise NetworkGuardError(f"{which} is not running on the network {self.network} here (no address, "
-                                        f"or no {facts.LABEL_EGRESS} label)")
-            time.sleep(0.02)
+
+        def admitted() -> egress.SessionRule | None:
+            return next((rule for rule in self.reconcile() if rule.container_id == container_id
+                         or (session_id and rule.session_id == session_id)), None)
+
+        which = f"container {container_id[:12]}" if container_id else f"session {session_id}"
+        missing = NetworkGuardError(f"{which} is not running on the network {self.network} here (no address, "
+                                    f"or no {facts.LABEL_EGRESS} label)")
+        return poll_until(admitted, timeout, lambda: missing, every=0.02)
 
     def status(self) -> dict[str, Any]:
         """For doctor: whether the network is right and the table written, or why not."""

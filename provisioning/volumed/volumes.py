@@ -48,6 +48,7 @@ from .. import facts, hostinfo, mountinfo, validation
 from ..config import Credentials, ValidSettings
 from ..errors import SandboxHostError
 from ..escape import printable
+from ..polling import poll_until
 from ..procs import ProcessRef
 from ..resources import executor_app_dir
 from ..validation import SessionId
@@ -333,14 +334,16 @@ class VolumeManager:
         """(released, undrained): released once no workspace of the session is mounted here
         (drained and unmounted); undrained names each of its workspaces whose writes did not all
         reach S3 (their staging areas are kept)."""
-        deadline = time.monotonic() + timeout
-        while True:
+        def released() -> tuple[bool, list[str]] | None:
             mine = [v for v in self.list() if v.kind == "workspace" and v.session_id == session_id]
-            if not any(v.status in ("mounting", "mounted") for v in mine):
-                return True, [f"{v.name}: {v.undrained}" for v in mine if v.undrained]
-            if time.monotonic() > deadline:
-                return False, []
-            time.sleep(0.05)
+            if any(v.status in ("mounting", "mounted") for v in mine):
+                return None
+            return True, [f"{v.name}: {v.undrained}" for v in mine if v.undrained]
+
+        try:
+            return poll_until(released, timeout, TimeoutError, every=0.05)
+        except TimeoutError:
+            return False, []
 
     def collect_ephemeral(self, after: float = 120.0) -> None:
         """A swarm task that never ran (its mount failed, the node lost it) leaves volumes no
