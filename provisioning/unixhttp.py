@@ -85,7 +85,7 @@ class Deadline:
         if self._end is None or self.seconds is None:
             return None
         left = self._end - time.monotonic()
-        if left <= 0:
+        if not left > 0:  # a NaN timeout (from a request's JSON) ends too
             raise TimedOut(self.seconds)
         return left
 

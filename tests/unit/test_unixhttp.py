@@ -114,6 +114,14 @@ def test_a_silent_server_ends_at_the_deadline(server) -> None:
     assert time.monotonic() - started < 1.5
 
 
+@pytest.mark.parametrize("seconds", [0, -1, float("nan")])
+def test_no_time_left_is_timed_out_before_connecting(server, seconds: float) -> None:
+    path, received = server(ok(b"{}"))
+    with pytest.raises(unixhttp.TimedOut):
+        unixhttp.call(path, GET, timeout=seconds, max_answer=1 << 20)
+    assert received == []
+
+
 def test_an_endless_answer_is_cut_at_the_cap(server) -> None:
     chunk = b"x" * (1 << 16)
 
