@@ -64,7 +64,7 @@ class Settings:
     # driver; the container holds no capability) or "in-container" (s3fs inside the container).
     mount: str = "host"
     # What mounts it on the host (host strategy): "s3fs" (every close uploads) or "rclone"
-    # (rclone mount with a write-back cache on host disk: fast small files; see the README).
+    # (rclone mount with a write-back cache on host disk: fast small files; see docs/operations.md).
     mounter: str = "s3fs"
     backend: str = "docker"
     volume_driver: str = facts.VOLUME_DRIVER

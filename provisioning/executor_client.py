@@ -8,6 +8,9 @@ The host only ever talks to the session's real executor:
   a process of this session's container);
 - every call has a total deadline (not a per-read one) and a cap on the answer's size, and a
   malformed, oversized, slow or deeply nested answer is one clear error, never a traceback.
+
+The executor's calls, and the fleet gateway's that :class:`RemoteExecutor` makes (with the seal
+of a fleet session): docs/volume-service-protocol.md.
 """
 
 from __future__ import annotations

@@ -158,8 +158,10 @@ class SwarmBackend:
             time.sleep(0.05)
 
     def _wait_ready(self, sid: SessionId, node: dict[str, Any], timeout: float) -> None:
-        """Until the executor reports a mounted workspace and the node holds the session to its
-        egress policy (until then it reaches nothing; no user code runs before both)."""
+        """Until the executor reports a mounted workspace, the node has sealed it (recorded the
+        executor's process, closed its socket's directory: the node runs no exec before) and
+        holds the session to its egress policy (until then it reaches nothing). No user code
+        runs before all three."""
         executor = self._remote(sid, node)
         deadline = time.monotonic() + timeout
         last = "no answer yet"
@@ -170,12 +172,16 @@ class SwarmBackend:
                 last = str(exc)
             else:
                 if health.get("ok"):
-                    status, body, _peer = executor.request("POST", "/egress", {}, timeout=20)
-                    if status != 200:
-                        raise SessionError(f"session {sid}: the node could not put its network rule in place: "
-                                           f"{str(body.get('error'))[:500]}")
-                    return
-                last = f"executor reports: {health.get('detail')}"
+                    waiting = _seal(sid, executor)
+                    if waiting is None:
+                        status, body, _peer = executor.request("POST", "/egress", {}, timeout=20)
+                        if status != 200:
+                            raise SessionError(f"session {sid}: the node could not put its network rule in place: "
+                                               f"{str(body.get('error'))[:500]}")
+                        return
+                    last = waiting
+                else:
+                    last = f"executor reports: {health.get('detail')}"
             time.sleep(0.05)
         raise SessionError(f"session {sid} not ready after {timeout:g}s: {last}")
 
@@ -325,6 +331,20 @@ class SwarmBackend:
                 return
         raise SessionNotFound(f"no node {node_name} in this swarm")
 
+
+def _seal(sid: SessionId, executor: RemoteExecutor) -> str | None:
+    """Ask the node to seal the session's executor (POST /seal: idempotent). None once sealed;
+    why not yet, while the executor is not healthy (its health changed since it was read)."""
+    status, body, _peer = executor.request("POST", "/seal", {}, timeout=10)
+    if status == 200 and body.get("sealed"):
+        return None
+    error = str(body.get("error"))[:500]
+    if status == 409 and body.get("kind") == "not-ready":
+        return error
+    if status == 404 and "kind" not in body:
+        raise SessionError(f"session {sid}: the node's gateway has no /seal ({error}): it runs an older sandbox-host "
+                           "than this control plane; converge the fleet (playbooks/site.yml)")
+    raise SessionError(f"session {sid}: the node could not seal the executor's socket (HTTP {status}): {error}")
 
 
 def task_template(container: SessionContainer, mounts: list[Mount], cpus_reserved: float) -> TaskTemplate:

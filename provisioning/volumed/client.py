@@ -1,4 +1,5 @@
-"""Ask a running volume service (the Docker plugin socket) a question, as Docker does."""
+"""Ask a running volume service (the Docker plugin socket) a question, as Docker does. The
+calls and their answers: docs/volume-service-protocol.md."""
 
 from __future__ import annotations
 

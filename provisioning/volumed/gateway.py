@@ -5,19 +5,23 @@ HTTPS with mutual TLS: the node presents its certificate, and only a client cert
 by the fleet's CA to the control plane (its common name) is served; other nodes' certificates
 and anything else are refused at once. A request names a session; the gateway finds its control
 volume on this node and talks to the executor's unix socket with the same checks as a local
-launcher (the peer must be the executor process, recorded when the volume was sealed), under a
-total deadline and a size cap.
+launcher (the peer must be the executor process, recorded when the control plane sealed the
+volume), under a total deadline and a size cap.
 
 Connections are limited before anything is read (:class:`GatewayLimits`,
 :mod:`provisioning.connlimits`): per peer and in total, with total deadlines for the TLS handshake,
 the request head, its body and the answer, so a trickle of unfinished handshakes cannot pin the
 gateway's threads.
 
-    GET  /v1/sessions/<id>/health
-    POST /v1/sessions/<id>/exec      (the executor's own /exec body and answer)
+    GET  /v1/sessions/<id>/health    (the executor's own /health answer; writes nothing)
+    POST /v1/sessions/<id>/seal      (records the executor and closes its socket's directory;
+                                      idempotent; the control plane's one write before user code)
+    POST /v1/sessions/<id>/exec      (the executor's own /exec body and answer; only once sealed)
     GET  /v1/sessions/<id>/released  (200 once the workspace is unmounted: every write in S3;
                                       202 after 30 s of waiting)
     POST /v1/sessions/<id>/egress    (200 once the session's egress rule is in this node's kernel)
+
+The contract of each (callers, answers, errors): docs/volume-service-protocol.md.
 """
 
 from __future__ import annotations
@@ -39,11 +43,12 @@ from ..executor_client import EXEC_MARGIN, ExecutorClient
 from ..procs import ProcessRef
 from ..validation import session_id
 from .netguard import NetworkGuard
-from .volumes import VolumeManager
+from .volumes import SealConflict, VolumeManager, VolumeState
 
 CONTROL_PLANE_CN = "sandbox-host control plane"
 MAX_BODY = 40 << 20  # an /exec request: its stdin (base64) and arguments
-_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|exec|released|egress)")
+_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|seal|exec|released|egress)")
+METHODS = {"health": "GET", "seal": "POST", "exec": "POST", "released": "GET", "egress": "POST"}
 
 
 @dataclass(frozen=True)
@@ -193,9 +198,9 @@ class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
         pass  # a refused or broken connection is not worth a traceback
 
     def forward(self, sid: str, what: str, method: str, body: bytes) -> tuple[int, dict[str, Any]]:
+        if method != METHODS[what]:
+            return 405, {"error": f"use {METHODS[what]}"}
         if what == "egress":
-            if method != "POST":
-                return 405, {"error": "use POST"}
             if self.netguard is None:
                 return 502, {"error": "this node's volume service guards no network", "kind": "network"}
             rule = self.netguard.admit(session_id=sid)
@@ -204,20 +209,18 @@ class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
             released, undrained = self.manager.wait_released(sid, timeout=30)
             return (200 if released else 202), {"released": released, "undrained": undrained}
         state = self.manager.session_control(sid)
-        control = self.manager.control_dir(state.name) / "sock"
-        executor = ProcessRef.load(state.executor) if state.executor else None
-        client = ExecutorClient(control, "", executor)
+        sealed = ProcessRef.load(state.executor) if state.executor else None
+        # Until the seal, the peer must be the container's first process (the executor: user
+        # code never is); from then on, the process the seal recorded.
+        client = ExecutorClient(self.manager.control_dir(state.name) / "sock", "", sealed)
         if what == "health":
-            if method != "GET":
-                return 405, {"error": "use GET"}
-            status, answer, peer = client.request("GET", "/health", timeout=5)
-            if executor is None:
-                self.manager.seal(state, peer)  # the first answer: no user code has run yet
+            status, answer, _peer = client.request("GET", "/health", timeout=5)
             return status, answer
-        if method != "POST":
-            return 405, {"error": "use POST"}
-        if executor is None:
-            return 409, {"error": f"session {sid} is not ready yet"}
+        if what == "seal":
+            return self._seal(state, client)
+        if sealed is None:
+            return 409, {"error": f"session {sid} is not sealed yet: its control plane seals it once the executor "
+                                  "reports healthy"}
         try:
             request = json.loads(body)
             timeout = float(request.get("timeout", 60)) if isinstance(request, dict) else 60.0
@@ -225,6 +228,23 @@ class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
             return 400, {"error": "the request body is not a JSON object"}
         status, answer, _peer = client.request("POST", "/exec", request, timeout=timeout + EXEC_MARGIN)
         return status, answer
+
+    def _seal(self, state: VolumeState, client: ExecutorClient) -> tuple[int, dict[str, Any]]:
+        """Record the process that answers as the executor and close its socket's directory, once
+        it reports a mounted workspace (no user code runs before: exec waits for the seal). Sealed
+        already: 200 if the recorded executor still answers, whatever its health."""
+        status, health, peer = client.request("GET", "/health", timeout=5)
+        assert peer is not None  # a unix socket's peer, checked before the request was sent
+        if not state.executor and not (status == 200 and health.get("ok")):
+            return 409, {"error": f"session {state.session_id}'s executor is not healthy yet: "
+                                  f"{str(health.get('detail') or health.get('error'))[:500]}", "kind": "not-ready"}
+        try:
+            changed = self.manager.seal(state, peer)
+        except SealConflict as exc:
+            return 409, {"error": str(exc), "kind": exc.kind}
+        if changed:
+            self.log(f"session {state.session_id}: executor sealed (pid {peer.pid})")
+        return 200, {"sealed": True, "health": health}
 
 
 def serve(manager: VolumeManager, listen: str, tls: TLSFiles, log: Callable[[str], None],

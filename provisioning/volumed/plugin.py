@@ -1,6 +1,10 @@
 """Docker's volume plugin protocol (HTTP + JSON on a unix socket in /run/docker/plugins/),
-served for a :class:`VolumeManager`. Docker calls Create/Mount/Unmount/Remove; `sandbox-host`
-itself reads ``/SandboxHost.Volumes`` for the state of each mount (status, error)."""
+served for a :class:`VolumeManager`. Docker calls ``/VolumeDriver.*`` (Create, Mount, Unmount,
+Remove, Get...); `sandbox-host` on this host calls ``/SandboxHost.*`` (Settings, Egress, Network,
+Released; Wait and Volumes have no caller in the runtime).
+
+Every call, who calls it, its answer, what it writes, how long it blocks and how it fails:
+docs/volume-service-protocol.md."""
 
 from __future__ import annotations
 

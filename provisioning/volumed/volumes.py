@@ -72,6 +72,10 @@ class VolumeNotFound(VolumeError):
     kind = "not-found"
 
 
+class SealConflict(VolumeError):
+    kind = "sealed"
+
+
 @dataclass
 class VolumeState:
     name: str
@@ -318,17 +322,22 @@ class VolumeManager:
             raise VolumeNotFound(f"no session {session_id} runs on this node")
         return found[-1]
 
-    def seal(self, state: VolumeState, executor: ProcessRef) -> None:
+    def seal(self, state: VolumeState, executor: ProcessRef) -> bool:
         """Record which process is the executor and close its socket's directory (root, 0755):
-        from now on nothing in the session can replace or front the socket."""
+        from now on nothing in the session can replace or front the socket. Idempotent: sealing
+        again to the same process changes nothing (False); to another, it is refused."""
         sock = self.control_dir(state.name) / "sock"
         with self._lock_for(state.name):
             if state.executor:
-                return
+                if state.executor != executor.dump():
+                    raise SealConflict(f"session {state.session_id}'s executor is sealed to process "
+                                       f"{state.executor.split()[0]}, not {executor.pid}")
+                return False
             os.chown(sock, 0, 0)
             os.chmod(sock, 0o755)
             state.executor = executor.dump()
             self._save(state)
+        return True
 
     def wait_released(self, session_id: str, timeout: float) -> tuple[bool, list[str]]:
         """(released, undrained): released once no workspace of the session is mounted here

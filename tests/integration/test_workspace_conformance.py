@@ -83,7 +83,7 @@ def test_workspace_conformance(manager: SessionManager, storage: SessionStorage,
 
 
 # rclone mount (Debian's 1.60, mounter = "rclone"), where it is not a local disk's, as observed;
-# the README explains each, and why s3fs stays the default.
+# docs/operations.md ("s3fs or rclone") explains each, and why s3fs stays the default.
 RCLONE_LIMITATIONS: dict[str, object] = {
     # The executor's syscall filter refuses truncate(2) whatever the mounter (as for s3fs).
     "truncate by path": "OSError: [Errno 95] Operation not supported: 't1'",
