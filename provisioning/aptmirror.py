@@ -1,18 +1,25 @@
-"""The Debian archive this host's apt uses, read from its own apt configuration (deb822 .sources
-and one-line sources.list / .list files): debootstrap and the s3fs runtime fetch from it, so a host
-with a local mirror needs no setting and no archive host name is written anywhere in the code."""
+"""The Debian archive this host's apt uses, as apt itself reads its sources (`apt-get indextargets`:
+one-line and deb822 files, options, Enabled: no, apt's own configuration of where they are):
+debootstrap and the s3fs runtime fetch from it, so a host with a local mirror needs no setting and
+no archive host name is written anywhere in the code."""
 
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+import shutil
+import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import InputError
 
-APT_DIR = Path("/etc/apt")
 OVERRIDE_ENV = "SANDBOX_DEBIAN_MIRROR"
+# One line per index file `apt-get update` would fetch: deb or deb-src, the suite as the source
+# names it, the archive's URI. --no-release-info: also on a host whose lists were never fetched.
+_INDEXTARGETS = ["indextargets", "--no-release-info", "--format", "$(TARGET_OF) $(RELEASE) $(SITE)"]
+_FIX = "pass --mirror (sandbox-host image build) or set SANDBOX_DEBIAN_MIRROR to the Debian archive's URL"
+# What debootstrap and a plain apt source can fetch from (not cdrom:, mirror+, tor+ and the like).
+_SCHEMES = ("http://", "https://", "file:")
 
 
 class MirrorError(InputError):
@@ -21,65 +28,33 @@ class MirrorError(InputError):
 
 @dataclass(frozen=True)
 class AptSource:
-    types: tuple[str, ...]
-    uris: tuple[str, ...]
-    suites: tuple[str, ...]
+    type: str  # deb or deb-src
+    uri: str
+    suite: str
 
 
-def _deb822_stanzas(text: str) -> Iterator[dict[str, str]]:
-    stanza: dict[str, str] = {}
-    key = ""
-    for line in text.splitlines():
-        if line.startswith("#"):
-            continue
-        if not line.strip():
-            if stanza:
-                yield stanza
-            stanza, key = {}, ""
-        elif line[0] in " \t":
-            if key:
-                stanza[key] += " " + line.strip()
-        else:
-            name, sep, value = line.partition(":")
-            if sep:
-                key = name.strip().lower()
-                stanza[key] = value.strip()
-    if stanza:
-        yield stanza
+def apt_sources(apt_dir: Path | None = None) -> list[AptSource]:
+    """The host's apt sources as apt reads them, one per type, archive and suite, in apt's order.
 
-
-def _deb822_sources(text: str) -> Iterator[AptSource]:
-    for stanza in _deb822_stanzas(text):
-        if stanza.get("enabled", "yes").lower() == "no":
-            continue
-        yield AptSource(tuple(stanza.get("types", "").split()), tuple(stanza.get("uris", "").split()),
-                        tuple(stanza.get("suites", "").split()))
-
-
-def _one_line_sources(text: str) -> Iterator[AptSource]:
-    for line in text.splitlines():
-        words = line.split("#", 1)[0].split()
-        if len(words) < 3 or words[0] != "deb":
-            continue
-        rest = words[1:]
-        if rest[0].startswith("["):
-            while rest and not rest[0].endswith("]"):
-                rest = rest[1:]
-            rest = rest[1:]
-        if len(rest) >= 2:
-            yield AptSource(("deb",), (rest[0],), (rest[1],))
-
-
-def apt_sources(apt_dir: Path = APT_DIR) -> list[AptSource]:
-    """The host's apt sources, deb822 (.sources) and one-line (sources.list, .list) alike."""
-    found: list[AptSource] = []
-    one_line = [apt_dir / "sources.list", *sorted((apt_dir / "sources.list.d").glob("*.list"))]
-    for path in one_line:
-        if path.is_file():
-            found += _one_line_sources(path.read_text(errors="replace"))
-    for path in sorted((apt_dir / "sources.list.d").glob("*.sources")):
-        found += _deb822_sources(path.read_text(errors="replace"))
-    return found
+    ``apt_dir``: read ``apt_dir/sources.list`` and ``apt_dir/sources.list.d`` instead of the
+    files apt's configuration names (tests)."""
+    apt_get = shutil.which("apt-get")
+    if apt_get is None:
+        raise MirrorError(f"apt-get is not installed (not a Debian/Ubuntu host), so there are no apt sources to "
+                          f"take a Debian mirror from: {_FIX}")
+    options = [] if apt_dir is None else ["-o", f"Dir::Etc::SourceList={apt_dir / 'sources.list'}",
+                                          "-o", f"Dir::Etc::SourceParts={apt_dir / 'sources.list.d'}"]
+    proc = subprocess.run([apt_get, *options, *_INDEXTARGETS], check=False, capture_output=True, text=True,
+                          errors="replace", env=dict(os.environ, LC_ALL="C"))
+    if proc.returncode != 0:
+        detail = " | ".join(dict.fromkeys(proc.stderr.strip().splitlines()))  # apt repeats some errors
+        raise MirrorError(f"apt-get indextargets failed ({detail}): fix the apt sources, or {_FIX}")
+    found: dict[AptSource, None] = {}  # an ordered set: a source has one target per component and architecture
+    for line in proc.stdout.splitlines():
+        words = line.split()
+        if len(words) == 3:
+            found[AptSource(type=words[0], suite=words[1], uri=words[2])] = None
+    return list(found)
 
 
 def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
@@ -92,27 +67,21 @@ def host_codename(os_release: Path = Path("/etc/os-release")) -> str:
     return ""
 
 
-def debian_mirror(suite: str, apt_dir: Path = APT_DIR, codename: str | None = None) -> str:
-    """The Debian archive this host's apt uses for SUITE (else its first main-archive source), for debootstrap.
+def debian_mirror(suite: str, apt_dir: Path | None = None, codename: str | None = None) -> str:
+    """The Debian archive this host's apt uses for SUITE (else the one serving the host's own release), for debootstrap.
 
-    SANDBOX_DEBIAN_MIRROR overrides it.
+    SANDBOX_DEBIAN_MIRROR overrides it (and then apt is not asked).
     """
     override = os.environ.get(OVERRIDE_ENV, "").strip()
     if override:
         return override.rstrip("/")
-    usable = [s for s in apt_sources(apt_dir)
-              if "deb" in s.types and any(u.startswith(("http://", "https://", "file:")) for u in s.uris)]
-    # A suite with a dash (bookworm-security, -updates, -backports) is served by a partial archive.
-    exact = [s for s in usable if suite in s.suites]
+    usable = [s for s in apt_sources(apt_dir) if s.type == "deb" and s.uri.startswith(_SCHEMES)]
     own = codename if codename is not None else host_codename()
-    # Another suite of the same archive: the source that serves this host's own release.
-    same_archive = [s for s in usable if own and own in s.suites]
-    for source in exact + same_archive:
-        for uri in source.uris:
-            if uri.startswith(("http://", "https://", "file:")):
-                return uri.rstrip("/")
-    raise MirrorError(f"no Debian archive for {suite!r} in the apt sources under {apt_dir} "
-                   "(sources.list, sources.list.d/*.list, *.sources): "
-                   "add one there or set SANDBOX_DEBIAN_MIRROR to the archive's URL")
-
-
+    # SUITE's source; else another suite of the same archive: the source that serves this host's own
+    # release (a suite with a dash, bookworm-security, -updates, -backports, is a partial archive's).
+    for wanted in filter(None, (suite, own)):
+        for source in usable:
+            if source.suite == wanted:
+                return source.uri.rstrip("/")
+    raise MirrorError(f"no Debian archive for {suite!r}{f' nor {own!r}' if own and own != suite else ''} "
+                      f"in this host's apt sources (apt-get indextargets): add one there, or {_FIX}")

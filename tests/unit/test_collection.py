@@ -61,11 +61,16 @@ def test_role_variables_are_prefixed_typed_and_documented(role: str) -> None:
         assert name in defaults or options[name].get("required"), f"{role}: {name} is specified but has no default"
 
 
+def included_file(task: dict) -> str | None:
+    include = task.get("ansible.builtin.include_tasks")
+    return include.get("file") if isinstance(include, dict) else include
+
+
 @pytest.mark.parametrize("role", ROLES)
 def test_role_asserts_its_inputs_before_it_changes_anything(role: str) -> None:
     tasks = load(ROOT / "roles" / role / "tasks" / "main.yml")
     first = tasks[0]
-    assert first.get("ansible.builtin.include_tasks") == "preflight.yml", f"{role}: the first task is not the preflight"
+    assert included_file(first) == "preflight.yml", f"{role}: the first task is not the preflight"
     preflight = load(ROOT / "roles" / role / "tasks" / "preflight.yml")
     assert any("ansible.builtin.assert" in task for task in preflight), f"{role}: preflight asserts nothing"
     changing = ("ansible.builtin.apt", "ansible.builtin.copy", "ansible.builtin.file", "ansible.builtin.template",
@@ -74,6 +79,28 @@ def test_role_asserts_its_inputs_before_it_changes_anything(role: str) -> None:
         module = next(k for k in task if "." in k)
         if module in changing:
             assert task.get("changed_when") is False or task.get("check_mode") is False, (role, task["name"])
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_role_tasks_are_tagged_by_role_and_concern(role: str) -> None:
+    """Every task of tasks/main.yml carries the role's name and <role>_<concern> tags (an include
+    applies its tags to the tasks it includes), the preflight every concern's; the README lists them."""
+    tasks = load(ROOT / "roles" / role / "tasks" / "main.yml")
+    readme = (ROOT / "roles" / role / "README.md").read_text()
+    concerns: set[str] = set()
+    for task in tasks:
+        tags = task.get("tags", [])
+        if tags == ["always"]:
+            continue
+        assert role in tags, f"{role}: {task['name']} lacks the tag {role}"
+        assert all(tag.startswith(role + "_") for tag in tags if tag != role), (role, task["name"], tags)
+        concerns |= set(tags) - {role}
+        include = task.get("ansible.builtin.include_tasks")
+        if include is not None:
+            assert isinstance(include, dict) and include["apply"]["tags"] == tags, (role, task["name"])
+    assert concerns and set(tasks[0]["tags"]) == concerns | {role}, f"{role}: the preflight runs under every tag"
+    for tag in concerns | {role}:
+        assert f"`{tag}`" in readme, f"{role}: the tag {tag} is not in the README"
 
 
 def test_every_role_has_a_molecule_scenario() -> None:

@@ -58,57 +58,15 @@ fi
 keyring=/usr/share/keyrings/debian-archive-keyring.gpg
 [ -f "$keyring" ] || die "$keyring is missing (package debian-archive-keyring); without it $suite cannot be verified"
 
-# --- the Debian mirror: the URI of the host's own release suite in its apt sources.
+# --- the Debian mirror: the first archive (http, https or file) of the host's own release in its
+# apt sources, as apt itself reads them (provisioning/aptmirror.py takes the same).
 # shellcheck source=/dev/null
 codename=$(. /etc/os-release && printf '%s' "${VERSION_CODENAME:-}")
 [ -n "$codename" ] || die "no VERSION_CODENAME in /etc/os-release"
-sourcelist=/etc/apt/sources.list
-sourceparts=/etc/apt/sources.list.d
-eval "$(apt-config shell sourcelist Dir::Etc::SourceList/f sourceparts Dir::Etc::SourceParts/d)"
-sourceparts=${sourceparts%/}
-
-mirror_of() {  # FILE: the first URI whose suite is $codename (one-line or deb822 format)
-    case "$1" in
-        *.list)
-            awk -v cn="$codename" '
-                $1 == "deb" {
-                    i = 2
-                    if ($i ~ /^\[/) { while (i <= NF && $i !~ /\]$/) i++; i++ }
-                    if ($(i + 1) == cn) { print $i; exit }
-                }' "$1" ;;
-        *.sources)
-            awk -v cn="$codename" '
-                function has(list, word,   n, w, i) {
-                    n = split(list, w, /[ \t]+/)
-                    for (i = 1; i <= n; i++) if (w[i] == word) return 1
-                    return 0
-                }
-                BEGIN { RS = "" }
-                {
-                    split("", f); key = ""
-                    n = split($0, lines, "\n")
-                    for (i = 1; i <= n; i++) {
-                        line = lines[i]
-                        if (line ~ /^#/) continue
-                        if (line ~ /^[ \t]/ && key != "") { f[key] = f[key] " " line; continue }
-                        p = index(line, ":"); if (!p) continue
-                        key = tolower(substr(line, 1, p - 1)); f[key] = substr(line, p + 1)
-                    }
-                    if (tolower(f["enabled"]) ~ /no/) next
-                    if (has(f["types"], "deb") && has(f["suites"], cn)) {
-                        split(f["uris"], u, /[ \t]+/)
-                        for (i = 1; i in u; i++) if (u[i] != "") { print u[i]; exit }
-                    }
-                }' "$1" ;;
-    esac
-}
-mirror=
-for f in "$sourcelist" "$sourceparts"/*; do
-    [ -f "$f" ] || continue
-    mirror=$(mirror_of "$f")
-    [ -z "$mirror" ] || break
-done
-[ -n "$mirror" ] || die "no 'deb' source for suite $codename in $sourcelist or $sourceparts"
+# shellcheck disable=SC2016 # $(...) are apt's fields
+mirror=$(apt-get indextargets --no-release-info --format '$(TARGET_OF) $(RELEASE) $(SITE)' |
+    awk -v cn="$codename" '$1 == "deb" && $2 == cn && $3 ~ /^(https?:\/\/|file:)/ { print $3; exit }')
+[ -n "$mirror" ] || die "no 'deb' source for suite $codename in the host's apt sources (apt-get indextargets)"
 
 # --- the closure of s3fs in SUITE, downloaded with a private apt state (empty dpkg status, so
 # every dependency is fetched; the host's package database is neither read nor changed).
@@ -189,12 +147,10 @@ mkdir -p "$new/root/usr/libexec"
 ln -s "../${loader#usr/}" "$new/root/usr/libexec/s3fs"
 set -- "$tree/usr/bin/s3fs"
 for nss in "$tree/$libdir"/libnss_*.so.*; do
-    if [ -f "$nss" ]; then keep "$nss" && set -- "$@" "$nss"; fi
+    if [ -f "$nss" ]; then keep "$nss"; set -- "$@" "$nss"; fi
 done
-libraries "$@" >"$cache/libraries"
-sort -u -o "$cache/libraries" "$cache/libraries"
-while IFS= read -r lib; do keep "$lib"; done <"$cache/libraries"
-rm -f "$cache/libraries"
+libs=$(libraries "$@")
+printf '%s\n' "$libs" | sort -u | while IFS= read -r lib; do keep "$lib"; done
 if [ -d "$tree/$libdir/gconv" ]; then
     cp -R -P -p "$tree/$libdir/gconv" "$new/root/$libdir/"
 fi
