@@ -36,7 +36,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -360,8 +360,8 @@ class GuardedServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     guard: Guard
 
-    @property  # type: ignore[override]
-    def request_queue_size(self) -> int:  # what socketserver passes to listen()
+    @property
+    def request_queue_size(self) -> int:  # type: ignore[override]  # socketserver only reads it, for listen()
         return self.guard.limits.backlog
 
     def refuse(self, request: Any) -> None:
@@ -441,7 +441,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
 class _PacedWriter(io.BufferedIOBase):
     """A handler's output, announcing each write's size before the write can block."""
 
-    def __init__(self, inner: IO[bytes], before_write: Callable[[int], None]) -> None:
+    def __init__(self, inner: io.BufferedIOBase, before_write: Callable[[int], None]) -> None:
         super().__init__()
         self._inner = inner
         self._before_write = before_write

@@ -135,7 +135,8 @@ class DockerBackend:
         when no client was given (exec and health, the hot path), else through the SDK."""
         socket_path = engine.local_socket() if self._client is None else None
         if socket_path is None:
-            return self._get(session_id).attrs
+            inspected: dict[str, Any] = self._get(session_id).attrs
+            return inspected
         attrs = engine.inspect_container(facts.container_name(session_id), socket_path)
         if attrs is None:
             raise SessionNotFound(f"no session {session_id}; list sessions with 'sandbox-host session list'")
@@ -330,7 +331,7 @@ class DockerBackend:
             container.reload()
             if container.status == "running":
                 container.stop(timeout=5)
-            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+            logs: str = container.logs(stdout=True, stderr=True).decode(errors="replace")
         except docker.errors.APIError as api:
             return f"{exc} ({_docker_error(api)})"
         errors = [line for line in logs.splitlines() if ENTRYPOINT_ERROR_MARK in line]

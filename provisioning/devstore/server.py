@@ -39,7 +39,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
@@ -47,6 +47,9 @@ from .. import connlimits
 from ..config import Credentials
 from ..errors import SandboxHostError
 from . import policy as s3policy
+
+if TYPE_CHECKING:
+    from werkzeug.serving import ThreadedWSGIServer  # with moto (the server extra): imported where used
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
@@ -816,10 +819,18 @@ def _answer_busy(sock: socket.socket) -> None:
         pass
 
 
-def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> Any:
+def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> ThreadedWSGIServer:
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+    # GuardedServer's request_queue_size is a read-only property (socketserver only reads it).
+    class Server(connlimits.GuardedServer, ThreadedWSGIServer):  # type: ignore[override]
+        guard = connlimits.Guard(limits.connection_limits())  # this server's own: the class is too
+
+        def refuse(self, request: Any) -> None:
+            _answer_busy(request)
+
     class Handler(connlimits.GuardedHandler, WSGIRequestHandler):
+        server: Server  # both bases' servers in one
         timeout = limits.read_timeout  # applied to the socket: no read waits longer
 
         def log_request(self, *args: object, **kwargs: object) -> None:
@@ -827,12 +838,6 @@ def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> An
 
         def log_error(self, *args: object) -> None:
             pass  # timeouts and malformed requests: the client is told, the log is not flooded
-
-    class Server(connlimits.GuardedServer, ThreadedWSGIServer):
-        guard = connlimits.Guard(limits.connection_limits())  # this server's own: the class is too
-
-        def refuse(self, request: Any) -> None:
-            _answer_busy(request)
 
     return Server(host, port, app, handler=Handler)
 

@@ -21,6 +21,7 @@ outlived it (the mounter runs in a session of its own and is not stopped with th
 
 from __future__ import annotations
 
+import builtins  # list[...] in VolumeManager, whose own list() shadows it there
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -339,7 +340,7 @@ class VolumeManager:
             self._save(state)
         return True
 
-    def wait_released(self, session_id: str, timeout: float) -> tuple[bool, list[str]]:
+    def wait_released(self, session_id: str, timeout: float) -> tuple[bool, builtins.list[str]]:
         """(released, undrained): released once no workspace of the session is mounted here
         (drained and unmounted); undrained names each of its workspaces whose writes did not all
         reach S3 (their staging areas are kept)."""
@@ -512,7 +513,7 @@ class VolumeManager:
                     break
                 time.sleep(0.01)
             if proc.poll() is not None:
-                raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) after mounting: "
+                raise MountError(f"{fuseproc.program(proc)} exited (status {proc.returncode}) after mounting: "
                                  f"{fuseproc.log_tail(self._log_path(name))}") from None
             raise MountError(f"the workspace is mounted but not usable ({exc.strerror or exc}): "
                              f"{fuseproc.log_tail(self._log_path(name))}") from None
@@ -570,7 +571,7 @@ class VolumeManager:
         state.staging = ""
         return True
 
-    def _refuses(self, state: VolumeState, held: list[mounters.HeldFile]) -> bool:
+    def _refuses(self, state: VolumeState, held: builtins.list[mounters.HeldFile]) -> bool:
         """Whether the store refuses every one of ``held`` for good: it answers a client error
         for each file's key while it takes a key of the same session right then. A store that
         does not answer or fails (connection errors, 5xx, throttling) refuses nothing: its files
@@ -598,7 +599,7 @@ class VolumeManager:
             self._log(f"cannot abort the probe upload at {printable(key)}: {exc}")
         return True
 
-    def _quarantine(self, state: VolumeState, files: list[mounters.HeldFile]) -> str:
+    def _quarantine(self, state: VolumeState, files: builtins.list[mounters.HeldFile]) -> str:
         """Copy the bytes of files the store refuses for good out of the staging area, into the
         quarantine (``<data dir>/quarantine/<volume>.<random>/<n>``, with ``index.json`` giving
         each file's name); the message that names each (escaped) and where its bytes are.
