@@ -21,6 +21,7 @@ fleet's executor gateway): how much of a server one peer, and all peers together
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -257,10 +258,8 @@ def cut(sock: socket.socket) -> None:
     """Shut a connection down both ways: its handler's blocked read or write returns at once.
     socket.socket's own shutdown, also for a TLS socket: ssl.SSLSocket's would drop its TLS state
     under the handler thread still using it."""
-    try:
+    with contextlib.suppress(OSError):  # closed or reset already
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # closed or reset already
 
 
 class Watchdog:

@@ -312,7 +312,7 @@ def peer_pid(sock: socket.socket) -> int:
 
 
 class Handler(socketserver.StreamRequestHandler):
-    server: "ExecutorServer"
+    server: ExecutorServer
     timeout = REQUEST_READ_TIMEOUT
 
     def handle(self) -> None:

@@ -3,6 +3,7 @@ unix socket in a per-session host directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -342,10 +343,8 @@ class DockerBackend:
 
     def _discard(self, container: Container | None, control: Path, boot: Path, volume: VolumeSpec | None) -> None:
         if container is not None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
         if volume is not None:
             self._remove_volume(volume.name, volume.driver)  # this launch's own (named by its uid)
         for path in (control, boot):
@@ -353,10 +352,8 @@ class DockerBackend:
 
     def _remove_session(self, container: Container) -> None:
         labels = container.labels
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
         if labels.get(facts.LABEL_VOLUME):
             self._remove_volume(labels[facts.LABEL_VOLUME], labels.get(facts.LABEL_DRIVER, self.settings.volume_driver))
         for label in (facts.LABEL_CONTROL, facts.LABEL_BOOT):

@@ -11,6 +11,7 @@ certificate on managers)."""
 from __future__ import annotations
 
 import builtins  # list[...] in SwarmBackend, whose own list() shadows it there
+import contextlib
 import secrets
 import ssl
 import time
@@ -305,10 +306,8 @@ class SwarmBackend:
                            f"{sid}'s workspace in time")
 
     def _remove(self, service: Service) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             service.remove()
-        except docker.errors.NotFound:
-            pass
 
     # -- nodes (fleet operations) -------------------------------------------------------------------
     def nodes(self) -> builtins.list[dict[str, Any]]:

@@ -26,6 +26,7 @@ Data lives in memory: it is gone when the server stops. Production hosts run Min
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -101,7 +102,7 @@ class AuthError(Exception):
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # -- SigV4 ---------------------------------------------------------------------------------
@@ -297,10 +298,8 @@ def _stop_reading(environ: dict[str, Any]) -> None:
     """Close the read side, so the server does not drain a body it will never use."""
     sock = environ.get("werkzeug.socket")
     if isinstance(sock, socket.socket):
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
 
 
 def _excess_input(environ: dict[str, Any]) -> bool:
@@ -409,7 +408,7 @@ class SigV4Verifier:
             raise AuthError("ExpiredToken", "The provided token has expired.")
         amz_date = headers.get("x-amz-date", "")
         try:
-            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
         except ValueError:
             raise AuthError("AccessDenied", "Missing or malformed X-Amz-Date") from None
         if abs(now - when) > MAX_CLOCK_SKEW or not amz_date.startswith(fields.date):

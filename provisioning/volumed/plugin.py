@@ -35,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -105,10 +105,7 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                             "Err": ""},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
         old = os.umask(0o177)  # root only: Docker (and sandbox-host, as root) are the clients
         try:
             super().__init__(str(path), _Handler)
@@ -200,7 +197,4 @@ def serve(manager: VolumeManager, socket_path: Path, log: Callable[[str], None],
     finally:
         server.shutdown()
         server.server_close()
-        try:
-            socket_path.unlink()
-        except FileNotFoundError:
-            pass
+        socket_path.unlink(missing_ok=True)

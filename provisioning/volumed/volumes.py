@@ -424,10 +424,8 @@ class VolumeManager:
             for path in (self.state_dir / f"{name}.json", self._log_path(name)):
                 path.unlink(missing_ok=True)
             for path in (self.mountpoint(name), self.mountpoint(name).parent):
-                try:
+                with contextlib.suppress(OSError):
                     path.rmdir()
-                except OSError:
-                    pass
 
     # -- mounting -----------------------------------------------------------------------------
     def _mount_now(self, state: VolumeState) -> None:
@@ -554,10 +552,8 @@ class VolumeManager:
         if ref is not None and not fuseproc.wait_exit(ref, EXIT_TIMEOUT, self._reap):
             self._log(f"{state.name}: {state.mounter} {ref.pid} still running {EXIT_TIMEOUT:g}s after unmount; "
                       "killing it")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(ref.pid, 9)
-            except ProcessLookupError:
-                pass
         if ref is not None:
             with self._lock:
                 proc = self._procs.pop(ref.pid, None)

@@ -3,6 +3,7 @@ service of the tests' own. Every session test runs once per mount strategy."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -93,10 +94,8 @@ def manager(settings: Settings, docker_engine: docker.DockerClient, storage) -> 
     # Named with their driver: a lookup by name alone asks every driver Docker ever met (see
     # DockerBackend._remove_volume).
     for volume in docker_engine.api.volumes(filters={"driver": settings.volume_driver}).get("Volumes") or []:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             docker_engine.api.remove_volume(volume["Name"], force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def state_dirs(settings: Settings) -> dict[str, list[Path]]:

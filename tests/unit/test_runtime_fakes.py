@@ -5,6 +5,7 @@ volume driver and swarm spec, without an engine."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import socket
 import threading
@@ -272,7 +273,7 @@ def test_rclone_command_keeps_secrets_out_of_argv_and_stages_on_the_session_area
     for secret in ("ASIAKEY", "secret-key", "token-xyz", json.loads(command.control)["pass"]):
         assert secret not in argv and secret not in repr(command)
     assert command.argv[:4] == ["/usr/bin/rclone", "mount", "ws:fake-bucket/sessions/abc", str(tmp_path / "ws")]
-    flags = dict(zip(command.argv[4::], command.argv[5::]))
+    flags = dict(itertools.pairwise(command.argv[4:]))
     assert flags["--cache-dir"] == str(staging.mountpoint / "rclone") and (staging.mountpoint / "rclone").is_dir()
     assert flags["--uid"] == flags["--gid"] == "1900000005" and flags["--umask"] == "077"
     assert int(flags["--vfs-cache-max-size"]) < 1 << 30 and flags["--vfs-cache-mode"] == "full"
