@@ -213,7 +213,8 @@ class DockerBackend:
                   Mount(facts.EXECUTOR_DIR, str(executor_app_dir()), type="bind", read_only=True)]
         if spec.plan.boot_files:  # rw: the entrypoint deletes the credentials once read
             mounts.append(Mount(facts.BOOT_DIR, str(boot), type="bind"))
-        container = describe(spec, spec.plan.entrypoint, {facts.LABEL_CONTROL: str(control), facts.LABEL_BOOT: str(boot)})
+        container = describe(spec, spec.plan.entrypoint,
+                             {facts.LABEL_CONTROL: str(control), facts.LABEL_BOOT: str(boot)})
         return self.client.containers.create(**create_arguments(container, mounts), detach=True)
 
     def launch(self, spec: SessionSpec) -> SessionInfo:
@@ -280,7 +281,8 @@ class DockerBackend:
                     self._remove_session(existing)  # an ended session's leftover
                     continue
                 state = f"container {existing.short_id}, {existing.status}" if existing else "being created"
-                raise SessionExists(f"session {sid} already exists ({state}); stop it first or use another id") from None
+                raise SessionExists(f"session {sid} already exists ({state}); "
+                                    "stop it first or use another id") from None
         raise SessionExists(f"session {sid} already exists (a concurrent create won)")
 
     def _wait_ready(self, container: Container, timeout: float) -> ProcessRef:

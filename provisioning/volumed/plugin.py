@@ -101,8 +101,8 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                                                                   "Ready": False,
                                                                                   "Problem": "guards no network"}),
                                                 "Err": ""},
-            "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
-                                            "Err": ""},
+            "/SandboxHost.Wait": lambda b: {
+                "Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(), "Err": ""},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         path.unlink(missing_ok=True)

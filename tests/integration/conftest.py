@@ -125,7 +125,8 @@ def host_s3fs_pids(bucket: str, sid: str) -> list[int]:
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
-def cli(settings: Settings, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *argv: str, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The `sandbox-host` command as a user runs it, configured by the environment: this
     checkout's, whatever ``cwd`` (a virtualenv may hold another checkout as the package)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),

@@ -157,7 +157,8 @@ def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storag
         for i in range(20):
             open(f"artifacts/small-{i}.txt", "w").write(str(i))
         # A process that still holds a written file open when the stop comes.
-        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+        subprocess.Popen(["python3", "-c",
+                          "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
                          start_new_session=True)
         import time
         while not os.path.exists("artifacts/open.txt"):
@@ -183,7 +184,8 @@ def test_rclone_write_back_is_drained_before_stop_returns(manager: SessionManage
             open(f"artifacts/many/{i}.txt", "w").write(str(i) * 40)
         with open("artifacts/big.bin", "wb") as f:
             f.write(bytes(range(256)) * 49152)
-        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+        subprocess.Popen(["python3", "-c",
+                          "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
                          start_new_session=True)
         while not os.path.exists("artifacts/open.txt"):
             time.sleep(0.01)
