@@ -848,7 +848,7 @@ class EmbeddedS3Server:
     def __init__(self, credentials: Credentials, host: str = "127.0.0.1", port: int = 0, *,
                  limits: ServerLimits = ServerLimits(), clock: Callable[[], dt.datetime] = _utcnow) -> None:
         try:
-            from moto.server import create_backend_app  # type: ignore[attr-defined]
+            from moto.server import create_backend_app
         except ImportError:
             raise NotInstalled("the embedded S3 endpoint needs moto's server, which is not installed here: "
                                "pip install 'sandbox-host[server]' (the sandbox_host role: "
