@@ -156,7 +156,8 @@ def bench_concurrency(manager: SessionManager, storage: SessionStorage, size: in
     for sid in started:
         manager.exec(sid, argv=["sh", "-c", f"echo {sid} > artifacts/me.txt"])
         seen = manager.exec(sid, argv=["sh", "-c", "find /workspace -type f | sort"]).stdout.decode().split()
-        if seen == ["/workspace/artifacts/me.txt"] and storage.get_bytes(sid, "artifacts", "me.txt") == f"{sid}\n".encode():
+        if (seen == ["/workspace/artifacts/me.txt"]
+                and storage.get_bytes(sid, "artifacts", "me.txt") == f"{sid}\n".encode()):
             isolated += 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
         list(pool.map(manager.stop, started))
@@ -371,8 +372,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         for strategy, row in data["strategies"].items():
             c = row["concurrency"]
             per = c["per_session"] or {"p50": "-", "p95": "-", "n": 0}
-            lines.append(f"| {strategy} | {per['n'] + len(c['failures'])} | {c['wall_s']} | {per['p50']} | {per['p95']} "
-                         f"| {len(c['failures'])} | {c['isolated']} |")
+            lines.append(f"| {strategy} | {per['n'] + len(c['failures'])} | {c['wall_s']} | {per['p50']} "
+                         f"| {per['p95']} | {len(c['failures'])} | {c['isolated']} |")
         lines += ["", "### Workspace I/O against boto3 on the same server", "",
                   f"Sequential write and read: the median of {results['io_repetitions']} runs; small files "
                   f"({results['io_files']} of 4 KB): one run.", "",
@@ -381,7 +382,8 @@ def write_markdown(results: dict[str, Any], path: Path) -> None:
         for size, b in data["boto3"].items():
             rows = [("boto3", b)] + [(s, r["io"][size]) for s, r in data["strategies"].items()]
             for name, r in rows:
-                lines.append(f"| {size} | {name} | {r['write_MBps']} | {r['read_MBps']} | {r.get('write_vs_boto3', '')} "
+                lines.append(f"| {size} | {name} | {r['write_MBps']} | {r['read_MBps']} "
+                             f"| {r.get('write_vs_boto3', '')} "
                              f"| {r.get('read_vs_boto3', '')} | {r['small_create_fps']} | {r['small_list_s']} "
                              f"| {r['small_read_fps']} |")
         lines.append("")
@@ -443,7 +445,8 @@ def write_plot(results: dict[str, Any], path: Path) -> None:
     for store in stores:
         data = results["stores"][store]
         size = list(data["boto3"])[-1]
-        for name, r in [("boto3", data["boto3"][size])] + [(s, row["io"][size]) for s, row in data["strategies"].items()]:
+        rows = [("boto3", data["boto3"][size])] + [(s, row["io"][size]) for s, row in data["strategies"].items()]
+        for name, r in rows:
             labels.append(f"{store}\n{name}")
             writes.append(r["write_MBps"])
             reads.append(r["read_MBps"])

@@ -179,15 +179,16 @@ def main(argv: list[str] | None = None) -> int:
     (out / "smallfiles.json").write_text(json.dumps(result, indent=2) + "\n")
     lines = [f"# Small files in /workspace ({result['date']})", "",
              "Host strategy on the main job's host (2 cores; the embedded endpoint on 127.0.0.1). Each "
-             "workload runs in /workspace and in the same session's /tmp (tmpfs, the local baseline); one run each; a local time under 1 ms "
-             "counts as 1 ms in the ratio. Visibility: seconds until a key put into S3 from outside shows in a directory the session "
-             "listed just before. Durability: 2,000 more files are extracted and the session is stopped at once (the stop's time is "
-             "given); then both sets of 2,000 files are counted in S3.", ""]
+             "workload runs in /workspace and in the same session's /tmp (tmpfs, the local baseline); one run "
+             "each; a local time under 1 ms counts as 1 ms in the ratio. Visibility: seconds until a key put "
+             "into S3 from outside shows in a directory the session listed just before. Durability: 2,000 more "
+             "files are extracted and the session is stopped at once (the stop's time is given); then both sets "
+             "of 2,000 files are counted in S3.", ""]
     for name, data in result["sets"].items():
         lines += [f"## {name}", "", f"mounter `{data['mounter']}`, s3fs options `{json.dumps(data['options'])}`. "
                   f"After the stop ({data['stop_s']} s): {data['tar_files_in_s3_after_stop']} of 2,000 and "
-                  f"{data['files_written_right_before_stop_in_s3']} of 2,000 files in S3. An outside upload showed after "
-                  f"{data['outside_upload_visible_s']} s.", "",
+                  f"{data['files_written_right_before_stop_in_s3']} of 2,000 files in S3. An outside upload showed "
+                  f"after {data['outside_upload_visible_s']} s.", "",
                   "| workload | /workspace (s) | local (s) | ratio |", "|---|---|---|---|"]
         for workload, row in data["workloads"].items():
             lines.append(f"| {workload} | {row['workspace_s']} | {row['local_s']} | {row['ratio']}x |")

@@ -243,7 +243,8 @@ def cmd_fleet_nodes(args: argparse.Namespace) -> int:
 def cmd_fleet_availability(args: argparse.Namespace) -> int:
     availability = {"drain": "pause", "resume": "active"}[args.fleet_command]
     _fleet(args).set_availability(args.node, availability)
-    print(f"node {args.node}: {'takes no new sessions, keeps its own' if availability == 'pause' else 'takes sessions'}")
+    what = "takes no new sessions, keeps its own" if availability == "pause" else "takes sessions"
+    print(f"node {args.node}: {what}")
     return 0
 
 
@@ -297,8 +298,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     image = sub.add_parser("image", help="the executor image").add_subparsers(dest="image_command", required=True)
     build = image.add_parser("build", parents=[common], help="build the executor image")
-    build.add_argument("--base-image", help="base image (default python:3.11-slim, offline Debian base if it cannot be pulled)")
-    build.add_argument("--offline", action="store_true", help="use the offline Debian base (debootstrap + docker import)")
+    build.add_argument("--base-image",
+                       help="base image (default python:3.11-slim, offline Debian base if it cannot be pulled)")
+    build.add_argument("--offline", action="store_true",
+                       help="use the offline Debian base (debootstrap + docker import)")
     build.add_argument("--suite", default=DEFAULT_SUITE, help="Debian suite for the offline base")
     build.add_argument("--mirror", default=os.environ.get("SANDBOX_DEBIAN_MIRROR") or None,
                        help="Debian mirror for the offline base (env SANDBOX_DEBIAN_MIRROR; default: this host's "
@@ -386,7 +389,8 @@ def build_parser() -> argparse.ArgumentParser:
         node_cmd.set_defaults(func=cmd_fleet_availability)
 
     volumes = sub.add_parser("volumes", help="the host service").add_subparsers(dest="volumes_command", required=True)
-    vserve = volumes.add_parser("serve", parents=[common], help="run the volume driver (mounts workspaces on this host)",
+    vserve = volumes.add_parser("serve", parents=[common],
+                                help="run the volume driver (mounts workspaces on this host)",
                                 description="The Docker volume plugin that mounts each session's prefix with s3fs on "
                                 "this host; installed as the sandbox-host-volumes service by the sandbox_host role.")
     vserve.add_argument("--volume-driver", dest="volume_driver", help="driver name (default sandbox-host)")

@@ -183,7 +183,7 @@ _BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False,
 def _coerce(name: str, value: Any) -> Any:
     if name not in _FIELDS:
         raise ConfigError(f"unknown setting {name}; known: {', '.join(sorted(_FIELDS))}")
-    kind = type(_FIELDS[name].default) if name != "s3fs_options" else dict
+    kind: type[Any] = type(_FIELDS[name].default) if name != "s3fs_options" else dict
     if name == "uid_range":
         return validation.uid_range(value)
     if kind is bool:

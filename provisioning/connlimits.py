@@ -21,6 +21,7 @@ fleet's executor gateway): how much of a server one peer, and all peers together
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import errno
 import io
@@ -36,7 +37,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from email.message import Message
 from http.server import BaseHTTPRequestHandler
-from typing import IO, Any, NamedTuple
+from typing import Any, NamedTuple
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -257,10 +258,8 @@ def cut(sock: socket.socket) -> None:
     """Shut a connection down both ways: its handler's blocked read or write returns at once.
     socket.socket's own shutdown, also for a TLS socket: ssl.SSLSocket's would drop its TLS state
     under the handler thread still using it."""
-    try:
+    with contextlib.suppress(OSError):  # closed or reset already
         socket.socket.shutdown(sock, socket.SHUT_RDWR)
-    except OSError:
-        pass  # closed or reset already
 
 
 class Watchdog:
@@ -360,8 +359,8 @@ class GuardedServer(socketserver.ThreadingMixIn, socketserver.TCPServer):
 
     guard: Guard
 
-    @property  # type: ignore[override]
-    def request_queue_size(self) -> int:  # what socketserver passes to listen()
+    @property
+    def request_queue_size(self) -> int:  # type: ignore[override]  # socketserver only reads it, for listen()
         return self.guard.limits.backlog
 
     def refuse(self, request: Any) -> None:
@@ -441,7 +440,7 @@ class GuardedHandler(BaseHTTPRequestHandler):
 class _PacedWriter(io.BufferedIOBase):
     """A handler's output, announcing each write's size before the write can block."""
 
-    def __init__(self, inner: IO[bytes], before_write: Callable[[int], None]) -> None:
+    def __init__(self, inner: io.BufferedIOBase, before_write: Callable[[int], None]) -> None:
         super().__init__()
         self._inner = inner
         self._before_write = before_write

@@ -62,14 +62,15 @@ class Doctor:
     def s3fs(self, settings: ValidSettings) -> Check:
         binary = hostinfo.s3fs_binary()
         if not binary:
-            return Check("s3fs", False, "s3fs not found on the host", "apt-get install s3fs (or run playbooks/s3fs.yml)")
+            return Check("s3fs", False, "s3fs not found on the host",
+                         "apt-get install s3fs (or run playbooks/s3fs.yml)")
         version = hostinfo.s3fs_version(binary)
         if version is None:
             return Check("s3fs", False, f"{binary} does not run", "run playbooks/s3fs.yml")
         if settings.mount == "host" and settings.scoped_credentials and version < facts.S3FS_MIN_SCOPED:
             return Check("s3fs", False,
-                         f"{binary} is {_version(version)}: before {_version(facts.S3FS_MIN_SCOPED)} it lists the bucket "
-                         "root at mount time, which scoped credentials refuse (s3fs-fuse#2063)",
+                         f"{binary} is {_version(version)}: before {_version(facts.S3FS_MIN_SCOPED)} it lists the "
+                         "bucket root at mount time, which scoped credentials refuse (s3fs-fuse#2063)",
                          f"run playbooks/s3fs.yml (installs s3fs 1.95 at {facts.S3FS_RUNTIME})")
         return Check("s3fs", True, f"{binary}: {_version(version)}")
 
@@ -79,7 +80,8 @@ class Doctor:
         binary = shutil.which("rclone")
         if binary is None:
             return Check("rclone", False, "mounter is rclone but rclone is not installed",
-                         "apt-get install rclone (or sandbox_host_rclone_install: true and rerun playbooks/runtime.yml)")
+                         "apt-get install rclone "
+                         "(or sandbox_host_rclone_install: true and rerun playbooks/runtime.yml)")
         return Check("rclone", True, binary)
 
     def fuse(self) -> Check:
@@ -113,7 +115,8 @@ class Doctor:
         try:
             answer = call(settings.volume_driver, "Plugin.Activate")
         except SandboxHostError as exc:
-            return Check("volume driver", False, str(exc), "start the sandbox-host-volumes service (playbooks/runtime.yml)")
+            return Check("volume driver", False, str(exc),
+                         "start the sandbox-host-volumes service (playbooks/runtime.yml)")
         if "VolumeDriver" not in answer.get("Implements", []):
             return Check("volume driver", False, f"{settings.volume_driver} answers but is not a volume driver",
                          "remove the stale socket and restart sandbox-host-volumes")
@@ -137,8 +140,8 @@ class Doctor:
         except SandboxHostError as exc:
             return Check("sessions' network", False, str(exc), "start the sandbox-host-volumes service")
         if not status.get("Ready"):
-            return Check("sessions' network", False,
-                         f"{settings.network} is not guarded: {status.get('Problem') or status.get('Err') or 'unknown'}",
+            problem = status.get("Problem") or status.get("Err") or "unknown"
+            return Check("sessions' network", False, f"{settings.network} is not guarded: {problem}",
                          "see the volume service's log (journalctl -u sandbox-host-volumes, or "
                          "/var/log/sandbox-host-volumes.log)")
         return Check("sessions' network", True, f"{status['Network']}: guarded by the nftables table {status['Table']}")
@@ -189,7 +192,8 @@ class Doctor:
                                 f"{settings.s3_endpoint} reachable",
                                 "start the object store or fix SANDBOX_S3_ENDPOINT" if unreachable else ""))
             if not unreachable:
-                checks.append(Check("s3 credentials", False, str(error), "fix AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"))
+                checks.append(Check("s3 credentials", False, str(error),
+                                    "fix AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY"))
             return checks
         try:
             storage.check_bucket()

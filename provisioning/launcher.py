@@ -3,6 +3,7 @@ backend). The CLI and the library share this one path."""
 
 from __future__ import annotations
 
+import builtins  # list[...] in SessionManager, whose own list() shadows it there
 from typing import TYPE_CHECKING, Any
 
 
@@ -73,7 +74,7 @@ class SessionManager:
     def executor(self, session_id: str) -> Executor:
         return self.backend.executor(validation.session_id(session_id))
 
-    def exec(self, session_id: str, argv: list[str] | None = None, code: str | None = None,
+    def exec(self, session_id: str, argv: builtins.list[str] | None = None, code: str | None = None,
              timeout: float = 60.0, stdin: bytes = b"") -> ExecResult:
         return self.executor(session_id).exec(argv=argv, code=code, timeout=timeout, stdin=stdin)
 

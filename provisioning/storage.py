@@ -34,7 +34,8 @@ def explain_error(exc: Exception, settings: Settings, action: str) -> StorageErr
     where = f"{settings.s3_endpoint} (bucket {settings.bucket})"
     if isinstance(exc, botocore.exceptions.EndpointConnectionError | botocore.exceptions.ConnectTimeoutError):
         return StorageError(
-            f"{action}: S3 endpoint {settings.s3_endpoint} is unreachable; check SANDBOX_S3_ENDPOINT and that the server runs",
+            f"{action}: S3 endpoint {settings.s3_endpoint} is unreachable; "
+            "check SANDBOX_S3_ENDPOINT and that the server runs",
             "unreachable",
         )
     if isinstance(exc, botocore.exceptions.ClientError):

@@ -56,7 +56,8 @@ STORES = ("moto", "rgw")
 
 
 @pytest.fixture(scope="session", params=STORES)
-def s3_store(request: pytest.FixtureRequest, s3_server: EmbeddedS3Server, s3_credentials: Credentials) -> Iterator[Store]:
+def s3_store(request: pytest.FixtureRequest, s3_server: EmbeddedS3Server,
+             s3_credentials: Credentials) -> Iterator[Store]:
     """Every end-to-end session test runs against the embedded endpoint (moto behind our own SigV4
     and policy checks) and against Ceph RGW (a real S3 server that enforces session policies)."""
     if request.param == "moto":

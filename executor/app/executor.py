@@ -34,10 +34,12 @@ import sys
 import threading
 import time
 
-# Start-up time counts in every session: no typing (IO is only an annotation, and annotations
-# are not evaluated), binascii rather than base64 (which brings re), subprocess on first use.
-if False:  # noqa: SIM108 - for type checkers only
+# Start-up time counts in every session: no typing (IO and the like are only annotations, and
+# annotations are not evaluated), binascii rather than base64 (which brings re), subprocess on first use.
+TYPE_CHECKING = False  # typing.TYPE_CHECKING without importing typing (type checkers take it as true)
+if TYPE_CHECKING:
     import subprocess
+    from io import BufferedIOBase
     from typing import IO
 
 MAX_OUTPUT = 16 * 1024 * 1024
@@ -265,7 +267,7 @@ class BadRequest(Exception):
         self.status = status
 
 
-def read_request(rfile: IO[bytes]) -> tuple[str, str, bytes] | None:
+def read_request(rfile: BufferedIOBase) -> tuple[str, str, bytes] | None:
     """One HTTP/1.x request: (method, path, body); None when the client sent nothing."""
     line = rfile.readline(MAX_LINE + 1)
     if not line:
@@ -305,11 +307,12 @@ def read_request(rfile: IO[bytes]) -> tuple[str, str, bytes] | None:
 
 def peer_pid(sock: socket.socket) -> int:
     raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
-    return struct.unpack("3i", raw)[0]
+    pid: int = struct.unpack("3i", raw)[0]  # struct ucred: pid, uid, gid
+    return pid
 
 
 class Handler(socketserver.StreamRequestHandler):
-    server: "ExecutorServer"
+    server: ExecutorServer
     timeout = REQUEST_READ_TIMEOUT
 
     def handle(self) -> None:

@@ -106,9 +106,10 @@ def program(machine: str | None = None, uid: int | None = None, gid: int | None 
         code += [_insn(JEQ_K, 0, 1, numbers[column]), _insn(RET_K, 0, 0, eperm)]
     code += [_insn(JEQ_K, 0, 1, CLONE3[column]), _insn(RET_K, 0, 0, enosys)]
     code += [_insn(JEQ_K, 0, 1, TRUNCATE[column]), _insn(RET_K, 0, 0, RET_ERRNO | errno.EOPNOTSUPP)]
-    for numbers, uid_arg in CHOWNS.values():
-        if numbers[column] is not None:
-            code += _chown_rule(numbers[column], uid_arg, uid, gid)
+    for chown_numbers, uid_arg in CHOWNS.values():
+        number = chown_numbers[column]
+        if number is not None:
+            code += _chown_rule(number, uid_arg, uid, gid)
     for numbers in (CLONE, UNSHARE):
         code += [
             _insn(JEQ_K, 0, 4, numbers[column]),

@@ -3,6 +3,7 @@ unix socket in a per-session host directory."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import shutil
@@ -135,7 +136,8 @@ class DockerBackend:
         when no client was given (exec and health, the hot path), else through the SDK."""
         socket_path = engine.local_socket() if self._client is None else None
         if socket_path is None:
-            return self._get(session_id).attrs
+            inspected: dict[str, Any] = self._get(session_id).attrs
+            return inspected
         attrs = engine.inspect_container(facts.container_name(session_id), socket_path)
         if attrs is None:
             raise SessionNotFound(f"no session {session_id}; list sessions with 'sandbox-host session list'")
@@ -211,7 +213,8 @@ class DockerBackend:
                   Mount(facts.EXECUTOR_DIR, str(executor_app_dir()), type="bind", read_only=True)]
         if spec.plan.boot_files:  # rw: the entrypoint deletes the credentials once read
             mounts.append(Mount(facts.BOOT_DIR, str(boot), type="bind"))
-        container = describe(spec, spec.plan.entrypoint, {facts.LABEL_CONTROL: str(control), facts.LABEL_BOOT: str(boot)})
+        container = describe(spec, spec.plan.entrypoint,
+                             {facts.LABEL_CONTROL: str(control), facts.LABEL_BOOT: str(boot)})
         return self.client.containers.create(**create_arguments(container, mounts), detach=True)
 
     def launch(self, spec: SessionSpec) -> SessionInfo:
@@ -278,7 +281,8 @@ class DockerBackend:
                     self._remove_session(existing)  # an ended session's leftover
                     continue
                 state = f"container {existing.short_id}, {existing.status}" if existing else "being created"
-                raise SessionExists(f"session {sid} already exists ({state}); stop it first or use another id") from None
+                raise SessionExists(f"session {sid} already exists ({state}); "
+                                    "stop it first or use another id") from None
         raise SessionExists(f"session {sid} already exists (a concurrent create won)")
 
     def _wait_ready(self, container: Container, timeout: float) -> ProcessRef:
@@ -330,7 +334,7 @@ class DockerBackend:
             container.reload()
             if container.status == "running":
                 container.stop(timeout=5)
-            logs = container.logs(stdout=True, stderr=True).decode(errors="replace")
+            logs: str = container.logs(stdout=True, stderr=True).decode(errors="replace")
         except docker.errors.APIError as api:
             return f"{exc} ({_docker_error(api)})"
         errors = [line for line in logs.splitlines() if ENTRYPOINT_ERROR_MARK in line]
@@ -341,10 +345,8 @@ class DockerBackend:
 
     def _discard(self, container: Container | None, control: Path, boot: Path, volume: VolumeSpec | None) -> None:
         if container is not None:
-            try:
+            with contextlib.suppress(docker.errors.NotFound):
                 container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
         if volume is not None:
             self._remove_volume(volume.name, volume.driver)  # this launch's own (named by its uid)
         for path in (control, boot):
@@ -352,10 +354,8 @@ class DockerBackend:
 
     def _remove_session(self, container: Container) -> None:
         labels = container.labels
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True)
-        except docker.errors.NotFound:
-            pass
         if labels.get(facts.LABEL_VOLUME):
             self._remove_volume(labels[facts.LABEL_VOLUME], labels.get(facts.LABEL_DRIVER, self.settings.volume_driver))
         for label in (facts.LABEL_CONTROL, facts.LABEL_BOOT):

@@ -10,7 +10,10 @@ certificate on managers)."""
 
 from __future__ import annotations
 
+import builtins  # list[...] in SwarmBackend, whose own list() shadows it there
+import contextlib
 import secrets
+import ssl
 import time
 from typing import Any
 
@@ -60,7 +63,7 @@ class SwarmBackend:
     def __init__(self, settings: ValidSettings, client: docker.DockerClient | None = None) -> None:
         self.settings = settings
         self._client = client
-        self._tls = None
+        self._tls: ssl.SSLContext | None = None
 
     @property
     def client(self) -> docker.DockerClient:
@@ -68,7 +71,7 @@ class SwarmBackend:
             self._client = docker_client()
         return self._client
 
-    def _context(self) -> Any:
+    def _context(self) -> ssl.SSLContext:
         if self._tls is None:
             s = self.settings
             self._tls = client_context(s.tls_ca, s.tls_client_cert, s.tls_client_key)
@@ -80,10 +83,11 @@ class SwarmBackend:
         if session_id:
             labels.append(f"{facts.LABEL_SESSION}={session_id}")
         try:
-            return self.client.services.list(filters={"label": labels})
+            services: list[Service] = self.client.services.list(filters={"label": labels})
         except docker.errors.APIError as exc:
             raise SessionError(f"the swarm backend needs a swarm manager: {exc.explanation}; "
                                "run sandbox-host on a manager node (playbooks/swarm.yml forms the swarm)") from None
+        return services
 
     def lease_uid(self, session_id: SessionId) -> int:
         used = {int(s.attrs["Spec"]["Labels"].get(facts.LABEL_UID, 0)) for s in self._services()}
@@ -149,7 +153,8 @@ class SwarmBackend:
                 state = status.get("State", "")
                 last = status.get("Err") or status.get("Message") or state
                 if state == RUNNING:
-                    return self.client.api.inspect_node(task["NodeID"])
+                    node: dict[str, Any] = self.client.api.inspect_node(task["NodeID"])
+                    return node
                 if state in DONE:
                     raise SessionError(f"the session's task ended before it ran ({state}): {last}")
             if time.monotonic() > deadline:
@@ -240,9 +245,10 @@ class SwarmBackend:
         if not node_id:
             return {}
         try:
-            return self.client.api.inspect_node(node_id)
+            node: dict[str, Any] = self.client.api.inspect_node(node_id)
         except docker.errors.APIError:
             return {}
+        return node
 
     def find(self, session_id: SessionId) -> SessionInfo | None:
         found = self._services(session_id)
@@ -300,13 +306,11 @@ class SwarmBackend:
                            f"{sid}'s workspace in time")
 
     def _remove(self, service: Service) -> None:
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             service.remove()
-        except docker.errors.NotFound:
-            pass
 
     # -- nodes (fleet operations) -------------------------------------------------------------------
-    def nodes(self) -> list[dict[str, Any]]:
+    def nodes(self) -> builtins.list[dict[str, Any]]:
         rows = []
         sessions = self.list()
         for node in self.client.nodes.list():

@@ -26,6 +26,7 @@ Data lives in memory: it is gone when the server stops. Production hosts run Min
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -39,7 +40,7 @@ import uuid
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import parse_qsl, quote, unquote
 from xml.sax.saxutils import escape
 
@@ -47,6 +48,9 @@ from .. import connlimits
 from ..config import Credentials
 from ..errors import SandboxHostError
 from . import policy as s3policy
+
+if TYPE_CHECKING:
+    from werkzeug.serving import ThreadedWSGIServer  # with moto (the server extra): imported where used
 
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 MAX_CLOCK_SKEW = dt.timedelta(minutes=15)
@@ -98,7 +102,7 @@ class AuthError(Exception):
 
 
 def _utcnow() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
+    return dt.datetime.now(dt.UTC)
 
 
 # -- SigV4 ---------------------------------------------------------------------------------
@@ -294,10 +298,8 @@ def _stop_reading(environ: dict[str, Any]) -> None:
     """Close the read side, so the server does not drain a body it will never use."""
     sock = environ.get("werkzeug.socket")
     if isinstance(sock, socket.socket):
-        try:
+        with contextlib.suppress(OSError):
             sock.shutdown(socket.SHUT_RD)
-        except OSError:
-            pass
 
 
 def _excess_input(environ: dict[str, Any]) -> bool:
@@ -406,7 +408,7 @@ class SigV4Verifier:
             raise AuthError("ExpiredToken", "The provided token has expired.")
         amz_date = headers.get("x-amz-date", "")
         try:
-            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.timezone.utc)
+            when = dt.datetime.strptime(amz_date, "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
         except ValueError:
             raise AuthError("AccessDenied", "Missing or malformed X-Amz-Date") from None
         if abs(now - when) > MAX_CLOCK_SKEW or not amz_date.startswith(fields.date):
@@ -816,10 +818,18 @@ def _answer_busy(sock: socket.socket) -> None:
         pass
 
 
-def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> Any:
+def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> ThreadedWSGIServer:
     from werkzeug.serving import ThreadedWSGIServer, WSGIRequestHandler
 
+    # GuardedServer's request_queue_size is a read-only property (socketserver only reads it).
+    class Server(connlimits.GuardedServer, ThreadedWSGIServer):  # type: ignore[override]
+        guard = connlimits.Guard(limits.connection_limits())  # this server's own: the class is too
+
+        def refuse(self, request: Any) -> None:
+            _answer_busy(request)
+
     class Handler(connlimits.GuardedHandler, WSGIRequestHandler):
+        server: Server  # both bases' servers in one
         timeout = limits.read_timeout  # applied to the socket: no read waits longer
 
         def log_request(self, *args: object, **kwargs: object) -> None:
@@ -827,12 +837,6 @@ def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> An
 
         def log_error(self, *args: object) -> None:
             pass  # timeouts and malformed requests: the client is told, the log is not flooded
-
-    class Server(connlimits.GuardedServer, ThreadedWSGIServer):
-        guard = connlimits.Guard(limits.connection_limits())  # this server's own: the class is too
-
-        def refuse(self, request: Any) -> None:
-            _answer_busy(request)
 
     return Server(host, port, app, handler=Handler)
 
@@ -844,7 +848,7 @@ class EmbeddedS3Server:
     def __init__(self, credentials: Credentials, host: str = "127.0.0.1", port: int = 0, *,
                  limits: ServerLimits = ServerLimits(), clock: Callable[[], dt.datetime] = _utcnow) -> None:
         try:
-            from moto.server import create_backend_app  # type: ignore[attr-defined]
+            from moto.server import create_backend_app
         except ImportError:
             raise NotInstalled("the embedded S3 endpoint needs moto's server, which is not installed here: "
                                "pip install 'sandbox-host[server]' (the sandbox_host role: "

@@ -49,16 +49,22 @@ def start(argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess
         os.close(fd)
 
 
+def program(proc: subprocess.Popen[bytes]) -> str:
+    """The program a mounter process runs, for messages (``start`` gives Popen an argv list)."""
+    args = proc.args
+    return os.fsdecode(args if isinstance(args, (str, bytes, os.PathLike)) else args[0])
+
+
 def wait_mounted(proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, timeout: float) -> None:
     def mounted() -> bool:
         if is_mounted(mountpoint):
             return True
         if proc.poll() is not None:
-            raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) before mounting: {log_tail(log)}")
+            raise MountError(f"{program(proc)} exited (status {proc.returncode}) before mounting: {log_tail(log)}")
         return False
 
     poll_until(mounted, timeout,
-               lambda: MountError(f"{proc.args[0]} did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}"),
+               lambda: MountError(f"{program(proc)} did not mount {mountpoint} in {timeout:g}s: {log_tail(log)}"),
                every=0.001, growth=1.5, at_most=0.01)
 
 

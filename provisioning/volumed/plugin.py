@@ -35,7 +35,7 @@ class _Handler(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - the base class's name
         pass
 
-    def do_POST(self) -> None:  # noqa: N802 - the base class's name
+    def do_POST(self) -> None:
         try:
             length = int(self.headers.get("Content-Length") or 0)
         except ValueError:
@@ -101,14 +101,11 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
                                                                                   "Ready": False,
                                                                                   "Problem": "guards no network"}),
                                                 "Err": ""},
-            "/SandboxHost.Wait": lambda b: {"Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(),
-                                            "Err": ""},
+            "/SandboxHost.Wait": lambda b: {
+                "Volume": manager.wait(self._name(b), float(b.get("Timeout", 30))).to_json(), "Err": ""},
         }
         path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
+        path.unlink(missing_ok=True)
         old = os.umask(0o177)  # root only: Docker (and sandbox-host, as root) are the clients
         try:
             super().__init__(str(path), _Handler)
@@ -200,7 +197,4 @@ def serve(manager: VolumeManager, socket_path: Path, log: Callable[[str], None],
     finally:
         server.shutdown()
         server.server_close()
-        try:
-            socket_path.unlink()
-        except FileNotFoundError:
-            pass
+        socket_path.unlink(missing_ok=True)

@@ -3,6 +3,7 @@ role as a systemd unit, or an init script where systemd is not PID 1)."""
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import sys
 import threading
@@ -59,10 +60,8 @@ def announce(driver: str, stop: threading.Event, manager: VolumeManager | None =
         try:
             client = docker.from_env(timeout=10)
             if driver not in client.info().get("Plugins", {}).get("Volume", []):
-                try:
+                with contextlib.suppress(docker.errors.APIError):  # refused, as meant: the engine knows the driver now
                     client.api.create_volume(PROBE_VOLUME, driver=driver)
-                except docker.errors.APIError:
-                    pass  # refused, as meant: the engine knows the driver now
         except (docker.errors.DockerException, OSError):
             pass  # no engine (yet): try again
         if manager is not None:
@@ -126,9 +125,7 @@ def purge(driver: str, *, data_dir: Path | None = None, state_dir: Path | None =
     shutil.rmtree(state, ignore_errors=True)
     if network and network != "host":
         client = _docker()
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             client.networks.get(network).remove()
-        except docker.errors.NotFound:
-            pass
         NetworkGuard(network, lambda: client).remove()
     return targets

@@ -8,6 +8,7 @@ host. Making one costs ~10 ms (no journal, lazy inode tables)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -77,10 +78,8 @@ class Staging:
             except StagingError:
                 _run(["umount", "-l", str(self.mountpoint)])  # the loop device goes when the last user does
         self.image.unlink(missing_ok=True)
-        try:
+        with contextlib.suppress(OSError):
             self.mountpoint.rmdir()
-        except OSError:
-            pass
 
 
 class StagingPool:

@@ -21,6 +21,7 @@ outlived it (the mounter runs in a session of its own and is not stopped with th
 
 from __future__ import annotations
 
+import builtins  # list[...] in VolumeManager, whose own list() shadows it there
 import concurrent.futures
 import contextlib
 import dataclasses
@@ -339,7 +340,7 @@ class VolumeManager:
             self._save(state)
         return True
 
-    def wait_released(self, session_id: str, timeout: float) -> tuple[bool, list[str]]:
+    def wait_released(self, session_id: str, timeout: float) -> tuple[bool, builtins.list[str]]:
         """(released, undrained): released once no workspace of the session is mounted here
         (drained and unmounted); undrained names each of its workspaces whose writes did not all
         reach S3 (their staging areas are kept)."""
@@ -423,10 +424,8 @@ class VolumeManager:
             for path in (self.state_dir / f"{name}.json", self._log_path(name)):
                 path.unlink(missing_ok=True)
             for path in (self.mountpoint(name), self.mountpoint(name).parent):
-                try:
+                with contextlib.suppress(OSError):
                     path.rmdir()
-                except OSError:
-                    pass
 
     # -- mounting -----------------------------------------------------------------------------
     def _mount_now(self, state: VolumeState) -> None:
@@ -512,7 +511,7 @@ class VolumeManager:
                     break
                 time.sleep(0.01)
             if proc.poll() is not None:
-                raise MountError(f"{proc.args[0]} exited (status {proc.returncode}) after mounting: "
+                raise MountError(f"{fuseproc.program(proc)} exited (status {proc.returncode}) after mounting: "
                                  f"{fuseproc.log_tail(self._log_path(name))}") from None
             raise MountError(f"the workspace is mounted but not usable ({exc.strerror or exc}): "
                              f"{fuseproc.log_tail(self._log_path(name))}") from None
@@ -553,10 +552,8 @@ class VolumeManager:
         if ref is not None and not fuseproc.wait_exit(ref, EXIT_TIMEOUT, self._reap):
             self._log(f"{state.name}: {state.mounter} {ref.pid} still running {EXIT_TIMEOUT:g}s after unmount; "
                       "killing it")
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.kill(ref.pid, 9)
-            except ProcessLookupError:
-                pass
         if ref is not None:
             with self._lock:
                 proc = self._procs.pop(ref.pid, None)
@@ -570,7 +567,7 @@ class VolumeManager:
         state.staging = ""
         return True
 
-    def _refuses(self, state: VolumeState, held: list[mounters.HeldFile]) -> bool:
+    def _refuses(self, state: VolumeState, held: builtins.list[mounters.HeldFile]) -> bool:
         """Whether the store refuses every one of ``held`` for good: it answers a client error
         for each file's key while it takes a key of the same session right then. A store that
         does not answer or fails (connection errors, 5xx, throttling) refuses nothing: its files
@@ -598,7 +595,7 @@ class VolumeManager:
             self._log(f"cannot abort the probe upload at {printable(key)}: {exc}")
         return True
 
-    def _quarantine(self, state: VolumeState, files: list[mounters.HeldFile]) -> str:
+    def _quarantine(self, state: VolumeState, files: builtins.list[mounters.HeldFile]) -> str:
         """Copy the bytes of files the store refuses for good out of the staging area, into the
         quarantine (``<data dir>/quarantine/<volume>.<random>/<n>``, with ``index.json`` giving
         each file's name); the message that names each (escaped) and where its bytes are.

@@ -217,14 +217,15 @@ PROBE = textwrap.dedent("""
 
 def in_session(manager, sid: str, script: str, *args: str) -> str:
     code = base64.b64encode(script.encode()).decode()
-    return fleet(manager, "session", "exec", sid, "--", "python3", "-c", f"'import base64;exec(base64.b64decode(\"{code}\"))'",
-                 *args)
+    return fleet(manager, "session", "exec", sid, "--", "python3", "-c",
+                 f"'import base64;exec(base64.b64decode(\"{code}\"))'", *args)
 
 
 def session_address(node: str, sid: str) -> str:
     host = testinfra.get_host(f"docker://{node}")
     container = host.check_output(f"docker ps -q --filter label=io.sandbox-host.session={sid}").strip()
-    return host.check_output(f"docker inspect --format '{{{{(index .NetworkSettings.Networks \"sandbox-host\").IPAddress}}}}' "
+    return host.check_output("docker inspect --format "
+                             "'{{(index .NetworkSettings.Networks \"sandbox-host\").IPAddress}}' "
                              f"{container}").strip()
 
 

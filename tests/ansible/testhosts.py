@@ -7,6 +7,7 @@ Ansible and testinfra reach them with `docker exec`, never over IP.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -15,11 +16,15 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import docker.errors
 
 from provisioning.aptmirror import debian_mirror
+
+if TYPE_CHECKING:
+    from .conftest import Controller  # imported where used, at run time
 
 CACHE = Path(os.environ.get("SANDBOX_TEST_CACHE", "/var/cache/sandbox-host/test-hosts"))
 PACKAGES = ("systemd", "systemd-sysv", "dbus", "python3", "python3-apt", "ca-certificates", "procps", "iproute2")
@@ -123,10 +128,8 @@ def loop_devices() -> list[str]:
 
 
 def remove(client: docker.DockerClient, name: str) -> None:
-    try:
+    with contextlib.suppress(docker.errors.NotFound):
         client.containers.get(name).remove(force=True, v=False)
-    except docker.errors.NotFound:
-        pass
     # Looked up with the driver named: Docker asks every volume driver it ever met about a name it
     # does not know, and a driver gone since (the tests' own) makes that wait for a minute.
     for volume in client.api.volumes(filters={"driver": "local", "name": f"{name}-docker"}).get("Volumes") or []:
@@ -248,7 +251,7 @@ pipelining = True
 """
 
 
-def adopter_controller(root: Path, workdir: Path) -> "Controller":
+def adopter_controller(root: Path, workdir: Path) -> Controller:
     """A controller as someone adopting the collection has it, outside this checkout: a fresh
     virtualenv with ansible-core and the pinned collections, and sandbox_host.platform installed
     from the tarball `ansible-galaxy collection build` makes (scripts/build-collection.sh)."""

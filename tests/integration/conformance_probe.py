@@ -10,7 +10,6 @@ import os
 
 import sqlite3
 import subprocess
-import time
 
 ROOT = "/workspace/conformance"
 RESULTS = {}
@@ -20,7 +19,7 @@ def check(name):
     def register(fn):
         try:
             RESULTS[name] = fn()
-        except Exception as exc:  # what happened is the result
+        except Exception as exc:  # noqa: BLE001 - what happened is the result
             RESULTS[name] = f"{type(exc).__name__}: {exc}"
         return fn
     return register
@@ -94,15 +93,13 @@ def _():
 @check("flock")
 def _():
     write("lock", b"")
-    a, b = open("lock", "rb"), open("lock", "rb")
-    fcntl.flock(a, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    try:
-        fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        outcome = "second lock granted"
-    except BlockingIOError:
-        outcome = "second lock refused"
-    a.close(), b.close()
-    return outcome
+    with open("lock", "rb") as a, open("lock", "rb") as b:
+        fcntl.flock(a, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        try:
+            fcntl.flock(b, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return "second lock granted"
+        except BlockingIOError:
+            return "second lock refused"
 
 
 @check("fcntl lock")

@@ -3,6 +3,7 @@ service of the tests' own. Every session test runs once per mount strategy."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import subprocess
@@ -93,10 +94,8 @@ def manager(settings: Settings, docker_engine: docker.DockerClient, storage) -> 
     # Named with their driver: a lookup by name alone asks every driver Docker ever met (see
     # DockerBackend._remove_volume).
     for volume in docker_engine.api.volumes(filters={"driver": settings.volume_driver}).get("Volumes") or []:
-        try:
+        with contextlib.suppress(docker.errors.APIError):
             docker_engine.api.remove_volume(volume["Name"], force=True)
-        except docker.errors.APIError:
-            pass
 
 
 def state_dirs(settings: Settings) -> dict[str, list[Path]]:
@@ -126,7 +125,8 @@ def host_s3fs_pids(bucket: str, sid: str) -> list[int]:
 CHECKOUT = Path(__file__).resolve().parents[2]
 
 
-def cli(settings: Settings, *argv: str, check: bool = True, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+def cli(settings: Settings, *argv: str, check: bool = True,
+        cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     """The `sandbox-host` command as a user runs it, configured by the environment: this
     checkout's, whatever ``cwd`` (a virtualenv may hold another checkout as the package)."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(CHECKOUT), os.environ.get("PYTHONPATH")])),

@@ -206,7 +206,8 @@ def test_default_policy_reaches_the_internet_and_nothing_of_the_host_the_metadat
     host = [f"{a}:{HOST_PORT}" for a in host_addresses(gateway_of(docker_engine, network))]
     targets = [*host, f"{METADATA}:80", f"{other_address}:{SESSION_PORT}", f"{INTERNET}:{PORT}"]
 
-    control = probe_unguarded(docker_engine, executor_image, [t for t in targets if t != f"{other_address}:{SESSION_PORT}"])
+    control = probe_unguarded(docker_engine, executor_image,
+                              [t for t in targets if t != f"{other_address}:{SESSION_PORT}"])
     assert all(control[t] == "host" for t in host if t in control), control  # the doors exist and are open
     assert control[f"{METADATA}:80"] == "metadata" and control[f"{INTERNET}:{PORT}"] == "internet", control
 

@@ -157,7 +157,8 @@ def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storag
         for i in range(20):
             open(f"artifacts/small-{i}.txt", "w").write(str(i))
         # A process that still holds a written file open when the stop comes.
-        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+        subprocess.Popen(["python3", "-c",
+                          "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
                          start_new_session=True)
         import time
         while not os.path.exists("artifacts/open.txt"):
@@ -183,7 +184,8 @@ def test_rclone_write_back_is_drained_before_stop_returns(manager: SessionManage
             open(f"artifacts/many/{i}.txt", "w").write(str(i) * 40)
         with open("artifacts/big.bin", "wb") as f:
             f.write(bytes(range(256)) * 49152)
-        subprocess.Popen(["python3", "-c", "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
+        subprocess.Popen(["python3", "-c",
+                          "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
                          start_new_session=True)
         while not os.path.exists("artifacts/open.txt"):
             time.sleep(0.01)
@@ -303,7 +305,7 @@ class Outage:
     (a WSGI layer in front of it: the volume service and rclone talk to it over loopback)."""
 
     def __init__(self, server: Any, path: str) -> None:
-        self.wsgi = server._server  # noqa: SLF001 - the test's own server, failing on purpose
+        self.wsgi = server._server  # private: the test's own server, failing on purpose
         self.app, self.path = self.wsgi.app, path
         self.wsgi.app = self._serve
 
@@ -382,10 +384,10 @@ def test_unreachable_endpoint_fails_before_any_container(settings: Settings, doc
     if settings.mount == "host":  # the endpoint is the volume service's: one that cannot reach it
         service_settings = {name: getattr(bad, name) for name in ("s3_endpoint", "bucket", "access_key", "secret_key",
                                                                   "sts_role_arn", "staging_size")}
-        with VolumeService(service_settings, tmp_path, driver=f"{TEST_DRIVER}-broken") as service:
-            with pytest.raises(StorageError, match="unreachable"):
-                SessionManager(dataclasses.replace(bad, volume_driver=service.driver, network=service.network),
-                               client=docker_engine).create(session_id())
+        with (VolumeService(service_settings, tmp_path, driver=f"{TEST_DRIVER}-broken") as service,
+              pytest.raises(StorageError, match="unreachable")):
+            SessionManager(dataclasses.replace(bad, volume_driver=service.driver, network=service.network),
+                           client=docker_engine).create(session_id())
     else:
         with pytest.raises(StorageError, match="unreachable"):
             SessionManager(bad, client=docker_engine).create(session_id())

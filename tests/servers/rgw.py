@@ -7,6 +7,7 @@ debootstrap (no registry is needed) and cached as a rootfs tarball and as an ima
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -399,10 +400,8 @@ class RGWServer:
         container, self.container = self.container, None
         if container is None:
             return
-        try:
+        with contextlib.suppress(docker.errors.NotFound):
             container.remove(force=True, v=True)
-        except docker.errors.NotFound:
-            pass
 
     def __enter__(self) -> RGWServer:
         if self.container is None:

@@ -13,7 +13,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import botocore.exceptions
@@ -188,7 +188,7 @@ def test_copy_object(admin: Any, bucket: str) -> None:
 
 
 def test_session_lasts_twelve_hours(session: Session) -> None:
-    left = session.expiration - datetime.now(timezone.utc)
+    left = session.expiration - datetime.now(UTC)
     assert timedelta(hours=11, minutes=55) < left <= timedelta(hours=12, minutes=1)
 
 

@@ -14,6 +14,7 @@ and stops when its stdin closes. Run as a script it needs the standard library o
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -148,10 +149,8 @@ def _run(spec: Spec) -> None:
     first_bytes: dict[socket.socket, bytes] = {}
     selector = selectors.DefaultSelector()
     for index, sock in enumerate(opened):
-        try:
+        with contextlib.suppress(OSError):
             sock.send(spec.openings[index % len(spec.openings)].encode("latin-1"))
-        except OSError:
-            pass
         selector.register(sock, selectors.EVENT_READ)
     selector.register(sys.stdin, selectors.EVENT_READ)
     _report(event="connected", count=len(opened), seconds=connecting)
@@ -180,10 +179,8 @@ def _run(spec: Spec) -> None:
             byte = spec.trickle[position % len(spec.trickle)].encode("latin-1")
             position += 1
             for sock in opened:
-                try:
+                with contextlib.suppress(OSError):  # its close is read above
                     sock.send(byte)
-                except OSError:
-                    pass  # its close is read above
             next_trickle = now + spec.every
         if now >= next_status:
             _report(event="status", open=len(opened), closed=len(lifetimes))

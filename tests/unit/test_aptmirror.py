@@ -18,7 +18,7 @@ ONE_LINE = """\
 deb-src http://sources.example/debian trixie main
 deb cdrom:[Debian GNU/Linux 12]/ bookworm main
 deb [arch=amd64 signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://mirror.example/debian/ trixie main contrib
-"""
+"""  # noqa: E501 - a sources.list line as Debian writes it
 DEB822 = """\
 Types: deb
 URIs: http://disabled.example/debian

@@ -4,6 +4,7 @@ client can hold of it."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import hashlib
 import hmac
@@ -101,7 +102,7 @@ class FakeClock:
     offset: dt.timedelta = dt.timedelta(0)
 
     def __call__(self) -> dt.datetime:
-        return dt.datetime.now(dt.timezone.utc) + self.offset
+        return dt.datetime.now(dt.UTC) + self.offset
 
 
 # -- raw requests --------------------------------------------------------------------------
@@ -109,7 +110,7 @@ def signed_request(server: EmbeddedS3Server, creds: Credentials, method: str, pa
                    query: str = "", headers: dict[str, str] | None = None, payload_hash: str | None = "auto",
                    unsigned: tuple[str, ...] = (), content_length: int | None = None, service: str = "s3") -> bytes:
     """An HTTP/1.1 request signed with SigV4 by hand, for the cases no SDK sends."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     amz_date, date = now.strftime("%Y%m%dT%H%M%SZ"), now.strftime("%Y%m%d")
     all_headers = {"host": f"127.0.0.1:{server.port}", "x-amz-date": amz_date}
     body_hash = hashlib.sha256(body).hexdigest()
@@ -189,7 +190,7 @@ def test_anonymous_and_admin_api_are_refused(s3_server: EmbeddedS3Server) -> Non
 
 def test_stale_requests_are_refused(s3_server: EmbeddedS3Server, s3_credentials: Credentials) -> None:
     later = SigV4Verifier(lambda e, s: [], s3_credentials,
-                          now=lambda: dt.datetime.now(dt.timezone.utc) + dt.timedelta(hours=1))
+                          now=lambda: dt.datetime.now(dt.UTC) + dt.timedelta(hours=1))
     s3 = client(s3_server, s3_credentials.access_key, s3_credentials.secret_key)
     seen = {}
 
@@ -230,7 +231,7 @@ def test_root_key_pair_may_do_everything(root_s3: Any, bucket: str, tmp_path: An
 
 # -- STS -----------------------------------------------------------------------------------
 def test_assume_role_answers_like_sts(s3_server: EmbeddedS3Server, s3_credentials: Credentials, bucket: str) -> None:
-    before = dt.datetime.now(dt.timezone.utc)
+    before = dt.datetime.now(dt.UTC)
     answer = sts_client(s3_server, s3_credentials).assume_role(
         RoleArn=ROLE_ARN, RoleSessionName="sandbox-A", DurationSeconds=43200, Policy=session_policy(bucket, "A"))
     issued = answer["Credentials"]
@@ -265,7 +266,7 @@ def test_assume_role_validates_like_sts(s3_server: EmbeddedS3Server, s3_credenti
 def test_assume_role_accepts_the_longest_duration(s3_server: EmbeddedS3Server, s3_credentials: Credentials) -> None:
     answer = sts_client(s3_server, s3_credentials, validate=False).assume_role(
         RoleArn=ROLE_ARN, RoleSessionName="long", DurationSeconds=604800)
-    assert answer["Credentials"]["Expiration"] > dt.datetime.now(dt.timezone.utc) + dt.timedelta(days=6)
+    assert answer["Credentials"]["Expiration"] > dt.datetime.now(dt.UTC) + dt.timedelta(days=6)
 
 
 def test_temporary_credentials_cannot_assume_a_role(s3_server: EmbeddedS3Server, s3_credentials: Credentials,
@@ -713,10 +714,8 @@ def test_half_sent_requests_do_not_hold_a_thread_each(small_server: EmbeddedS3Se
         while pending and time.monotonic() < deadline:
             _, writable, _ = select.select([], list(pending), [], 0.1)
             for sock in writable:
-                try:
+                with contextlib.suppress(OSError):
                     sock.send(b"PUT /b/k HTTP/1.1\r\nHost: x\r\n")
-                except OSError:
-                    pass
                 pending.discard(sock)
         assert len(pending) < 300
         time.sleep(0.3)

@@ -117,7 +117,8 @@ def test_the_check_sees_the_links_it_checks() -> None:
 @pytest.mark.parametrize(("heading", "anchor"), [
     ("What a session can reach", "what-a-session-can-reach"),
     ("s3fs or rclone", "s3fs-or-rclone"),
-    ("The volume service: restarts, upgrades and a dying s3fs", "the-volume-service-restarts-upgrades-and-a-dying-s3fs"),
+    ("The volume service: restarts, upgrades and a dying s3fs",
+     "the-volume-service-restarts-upgrades-and-a-dying-s3fs"),
     ("A fleet (Docker Swarm)", "a-fleet-docker-swarm"),
     ("`/SandboxHost.Released`", "sandboxhostreleased"),
     ("`sandbox_host` role", "sandbox_host-role"),

@@ -46,7 +46,8 @@ def test_what_no_policy_can_say_is_refused_with_the_reason(text: str, says: str)
 def rules() -> list[egress.SessionRule]:
     return [
         egress.SessionRule(ipaddress.IPv4Address("172.30.0.2"), "a" * 64, "open", egress.parse("internet")),
-        egress.SessionRule(ipaddress.IPv4Address("172.30.0.3"), "b" * 64, "listed", egress.parse("allow=203.0.113.0/24")),
+        egress.SessionRule(ipaddress.IPv4Address("172.30.0.3"), "b" * 64, "listed",
+                           egress.parse("allow=203.0.113.0/24")),
         egress.SessionRule(ipaddress.IPv4Address("172.30.0.4"), "c" * 64, "shut", egress.parse("none")),
     ]
 

@@ -134,7 +134,8 @@ def test_guard_refuses_namespaces_and_kernel_surface() -> None:
     import json
 
     code = f"import sys; sys.path.insert(0, {str(APP.parent)!r}); import guard; guard.apply(); exec(sys.stdin.read())"
-    guarded = subprocess.run([sys.executable, "-c", code], input=GUARD_PROBE, capture_output=True, text=True, timeout=30)
+    guarded = subprocess.run([sys.executable, "-c", code], input=GUARD_PROBE, capture_output=True, text=True,
+                             timeout=30)
     assert guarded.returncode == 0, guarded.stderr
     out = json.loads(guarded.stdout)
     assert out["unshare -Urm"] != 0

@@ -4,6 +4,7 @@ error (never a traceback or a forged success)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import socket
@@ -40,10 +41,8 @@ def fake_executor(tmp_path: Path) -> Iterator[Callable[[Behaviour], ExecutorClie
                     return
                 with conn:
                     conn.recv(65536)
-                    try:
+                    with contextlib.suppress(OSError):
                         behaviour(conn)
-                    except OSError:
-                        pass
 
         threading.Thread(target=serve, daemon=True).start()
         return ExecutorClient(tmp_path, "", ProcessRef.of(os.getpid()))

@@ -57,7 +57,7 @@ def _name(common_name: str) -> x509.Name:
 def _issue(directory: Path, name: str, common_name: str, ca: tuple[x509.Certificate, ec.EllipticCurvePrivateKey] | None,
            usage: x509.ObjectIdentifier | None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
     key = ec.generate_private_key(ec.SECP256R1())
-    now = dt.datetime.now(dt.timezone.utc)
+    now = dt.datetime.now(dt.UTC)
     issuer_cert, issuer_key = ca if ca else (None, key)
     builder = (x509.CertificateBuilder().subject_name(_name(common_name))
                .issuer_name(issuer_cert.subject if issuer_cert else _name(common_name))

@@ -101,11 +101,15 @@ READ_BACK: dict[str, tuple[Extract, Extract]] = {
                      lambda s: s["Resources"]["Limits"]["MemoryBytes"]),
     "nano_cpus": (lambda d: d["nano_cpus"], lambda s: s["Resources"]["Limits"]["NanoCPUs"]),
     "pids_limit": (lambda d: d["pids_limit"], lambda s: s["Resources"]["Limits"]["Pids"]),
-    "log_max_size": (lambda d: d["log_config"]["Config"]["max-size"] if d["log_config"]["Type"] == "json-file" else None,
-                     lambda s: s["LogDriver"]["Options"]["max-size"] if s["LogDriver"]["Name"] == "json-file" else None),
-    "log_files": (lambda d: int(d["log_config"]["Config"]["max-file"]), lambda s: int(s["LogDriver"]["Options"]["max-file"])),
+    "log_max_size": (lambda d: (d["log_config"]["Config"]["max-size"] if d["log_config"]["Type"] == "json-file"
+                                else None),
+                     lambda s: (s["LogDriver"]["Options"]["max-size"] if s["LogDriver"]["Name"] == "json-file"
+                                else None)),
+    "log_files": (lambda d: int(d["log_config"]["Config"]["max-file"]),
+                  lambda s: int(s["LogDriver"]["Options"]["max-file"])),
     "network": (lambda d: _docker_network(d)[0], lambda s: s["Networks"][0]["Target"]),
-    "egress": (lambda d: _docker_network(d)[1], lambda s: egress.parse(s["ContainerSpec"]["Labels"][facts.LABEL_EGRESS])),
+    "egress": (lambda d: _docker_network(d)[1],
+               lambda s: egress.parse(s["ContainerSpec"]["Labels"][facts.LABEL_EGRESS])),
     "init": (lambda d: d["init"], lambda s: s["ContainerSpec"]["Init"]),
 }
 

@@ -3,6 +3,7 @@ then), delays fixed or growing, and no sleep past the deadline."""
 
 from __future__ import annotations
 
+import itertools
 import time
 
 import pytest
@@ -42,7 +43,7 @@ def test_a_growing_delay_grows_and_stops_at_its_cap() -> None:
     tries: list[float] = []
     with pytest.raises(Gone):
         poll_until(lambda: tries.append(time.monotonic()), 0.6, Gone, every=0.01, growth=10, at_most=0.03)
-    gaps = [b - a for a, b in zip(tries, tries[1:])]
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
     slack = 0.002  # a sleep lasts at least as long as asked, up to the clock's rounding
     assert gaps[0] >= 0.01 - slack and all(g >= 0.03 - slack for g in gaps[1:-1])  # grown: 0.01, then 0.03
     # Capped: about 20 tries (uncapped, 0.01, 0.1, 1.0 would make 4); fewer on a loaded machine.

@@ -5,6 +5,7 @@ volume driver and swarm spec, without an engine."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import socket
 import threading
@@ -76,7 +77,8 @@ def test_credentials_are_minted_for_the_prefix_only() -> None:
     policy = json.loads(calls[0]["Policy"])
     assert " " not in calls[0]["Policy"] and calls[0]["DurationSeconds"] == 43200
     assert policy == session_policy("fake-bucket", session_id("abc"))
-    listing = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])["Condition"]["StringLike"]["s3:prefix"]
+    statement = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
+    listing = statement["Condition"]["StringLike"]["s3:prefix"]
     assert listing == ["sessions/abc/", "sessions/abc/*"]  # never the bare prefix: sessions/abcd/ would show
     unscoped = mint(dataclasses.replace(SETTINGS, scoped_credentials=False).validated(), session_id("abc"), FakeSTS())
     assert unscoped.access_key == "AKIAFAKE" and len(calls) == 1
@@ -92,8 +94,9 @@ def test_mount_strategies_plan_what_the_container_needs(s3: Any) -> None:
     storage = SessionStorage(settings, client=s3)
     storage.ensure_bucket()
     minted = []
-    inside = InContainerMount(lambda: storage, apparmor=False,
-                              mint=lambda s, i: minted.append(i) or settings.credentials).plan(sid, settings, 1900000002)
+    strategy = InContainerMount(lambda: storage, apparmor=False,
+                                mint=lambda s, i: minted.append(i) or settings.credentials)
+    inside = strategy.plan(sid, settings, 1900000002)
     assert inside.user is None and "SYS_ADMIN" in inside.cap_add and inside.devices == ["/dev/fuse:/dev/fuse:rwm"]
     files = {f.name: f for f in inside.boot_files}
     assert files["credentials"].mode == 0o400 and b"fake-secret" in files["credentials"].data
@@ -240,8 +243,9 @@ def test_volume_options_are_checked_at_the_driver() -> None:
     parsed = volumes.parse_options("sandbox-ws-abc.1900000005", {"session": "abc", "uid": "1900000005",
                                                                  "gid": "1900000005"}, rng)
     assert (parsed.session_id, parsed.uid, parsed.ephemeral) == ("abc", 1900000005, False)
-    assert volumes.parse_options("sandbox-ctl-abc.1900000005", {"session": "abc", "uid": "1900000005",
-                                                                "gid": "1900000005", "ephemeral": "true"}, rng).ephemeral
+    assert volumes.parse_options("sandbox-ctl-abc.1900000005",
+                                 {"session": "abc", "uid": "1900000005", "gid": "1900000005", "ephemeral": "true"},
+                                 rng).ephemeral
     for name, opts, field in [
         ("sandbox-ws-abc.1900000005", {"session": "abc", "uid": "0", "gid": "0"}, "uid"),
         ("sandbox-ws-abc.1900000005", {"session": "../x", "uid": "1900000005", "gid": "1900000005"}, "session id"),
@@ -272,7 +276,7 @@ def test_rclone_command_keeps_secrets_out_of_argv_and_stages_on_the_session_area
     for secret in ("ASIAKEY", "secret-key", "token-xyz", json.loads(command.control)["pass"]):
         assert secret not in argv and secret not in repr(command)
     assert command.argv[:4] == ["/usr/bin/rclone", "mount", "ws:fake-bucket/sessions/abc", str(tmp_path / "ws")]
-    flags = dict(zip(command.argv[4::], command.argv[5::]))
+    flags = dict(itertools.pairwise(command.argv[4:]))
     assert flags["--cache-dir"] == str(staging.mountpoint / "rclone") and (staging.mountpoint / "rclone").is_dir()
     assert flags["--uid"] == flags["--gid"] == "1900000005" and flags["--umask"] == "077"
     assert int(flags["--vfs-cache-max-size"]) < 1 << 30 and flags["--vfs-cache-mode"] == "full"
