@@ -55,7 +55,7 @@ def require_positive(settings: Any) -> None:
 class Limits:
     """What a :class:`Guard` enforces, built by each server from its settings (their defaults and
     the reasons for them: ``provisioning.devstore.server.ServerLimits``,
-    ``provisioning.volumed.gateway.GatewayLimits``). Times in seconds, ``min_rate`` in bytes per
+    ``provisioning.volumed.gateway.LIMITS``). Times in seconds, ``min_rate`` in bytes per
     second; ``handshake`` is None for a server without TLS."""
 
     max_per_peer: int

@@ -8,7 +8,7 @@ volume on this node and talks to the executor's unix socket with the same checks
 launcher (the peer must be the executor process, recorded when the control plane sealed the
 volume), under a total deadline and a size cap.
 
-Connections are limited before anything is read (:class:`GatewayLimits`,
+Connections are limited before anything is read (:data:`LIMITS`,
 :mod:`provisioning.connlimits`): per peer and in total, with total deadlines for the TLS handshake,
 the request head, its body and the answer, so a trickle of unfinished handshakes cannot pin the
 gateway's threads.
@@ -51,46 +51,24 @@ _PATH = re.compile(r"/v1/sessions/([^/]+)/(health|seal|exec|released|egress)")
 METHODS = {"health": "GET", "seal": "POST", "exec": "POST", "released": "GET", "egress": "POST"}
 
 
-@dataclass(frozen=True)
-class GatewayLimits:
-    """How much a peer may hold of the gateway.
-
-    ``max_per_peer``: connections one peer holds at once (its address; a process on this node,
-    by the uid that owns its socket); a further one is closed at once. The control plane is one
-    peer, holding a connection per request in flight to this node's sessions (tens of them):
-    64 leaves it room, and is all one address can pin, each for at most ``handshake_timeout``
-    unless it has the control plane's certificate.
-    ``max_connections``: all peers together; a further connection waits up to
-    ``connection_wait`` seconds for a free slot, then is closed. Each holds one thread.
-    ``handshake_timeout``, ``head_timeout``: the most time for the TLS handshake, and for a
-    request's line and headers, in total (a byte trickled now and then does not extend them).
-    ``body_timeout`` + Content-Length / ``min_rate``: for a request's body: an /exec body of at
-    most 40 MiB gets 70 s at 1 MiB/s, a rate any fleet network beats. The wait for the executor
-    that follows has its own bound (the request's timeout).
-    ``answer_timeout`` + answer size / ``min_rate``: for writing the answer.
-    ``backlog``: connections the kernel queues for the accept loop (socketserver's default of 5
-    drops a burst of connects).
-    """
-
-    max_per_peer: int = 64
-    max_connections: int = 512
-    connection_wait: float = 10.0
-    handshake_timeout: float = 10.0
-    head_timeout: float = 10.0
-    body_timeout: float = 30.0
-    answer_timeout: float = 30.0
-    min_rate: int = 1 << 20
-    backlog: int = 1024
-
-    def __post_init__(self) -> None:
-        connlimits.require_positive(self)
-
-    def connection_limits(self) -> connlimits.Limits:
-        return connlimits.Limits(
-            max_per_peer=self.max_per_peer, max_connections=self.max_connections,
-            connection_wait=self.connection_wait, handshake=self.handshake_timeout, head=self.head_timeout,
-            body=self.body_timeout, answer=self.answer_timeout, min_rate=self.min_rate, backlog=self.backlog,
-        )
+# How much a peer may hold of the gateway (connlimits.Limits):
+# - max_per_peer: connections one peer holds at once (its address; a process on this node, by
+#   the uid that owns its socket); a further one is closed at once. The control plane is one
+#   peer, holding a connection per request in flight to this node's sessions (tens of them): 64
+#   leaves it room, and is all one address can pin, each for at most the handshake's deadline
+#   unless it has the control plane's certificate.
+# - max_connections: all peers together; a further connection waits up to connection_wait
+#   seconds for a free slot, then is closed. Each holds one thread.
+# - handshake, head: the most time for the TLS handshake, and for a request's line and headers,
+#   in total (a byte trickled now and then does not extend them).
+# - body + Content-Length / min_rate: for a request's body: an /exec body of at most 40 MiB gets
+#   70 s at 1 MiB/s, a rate any fleet network beats. The wait for the executor that follows has
+#   its own bound (the request's timeout).
+# - answer + answer size / min_rate: for writing the answer.
+# - backlog: connections the kernel queues for the accept loop (socketserver's default of 5
+#   drops a burst of connects).
+LIMITS = connlimits.Limits(max_per_peer=64, max_connections=512, connection_wait=10.0, handshake=10.0, head=10.0,
+                           body=30.0, answer=30.0, min_rate=1 << 20, backlog=1024)
 
 
 @dataclass(frozen=True)
@@ -179,13 +157,13 @@ class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
     daemon_threads = True
 
     def __init__(self, address: tuple[str, int], manager: VolumeManager, tls: TLSFiles,
-                 log: Callable[[str], None] = lambda _m: None, limits: GatewayLimits = GatewayLimits(),
+                 log: Callable[[str], None] = lambda _m: None, limits: connlimits.Limits = LIMITS,
                  netguard: NetworkGuard | None = None) -> None:
         self.manager = manager
         self.log = log
         self.netguard = netguard  # the sessions' network on this node (egress rules)
         self.context = server_context(tls)
-        self.guard = connlimits.Guard(limits.connection_limits())
+        self.guard = connlimits.Guard(limits)
         self.address_family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         super().__init__(address, _Handler)
 

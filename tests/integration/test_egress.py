@@ -16,7 +16,6 @@ import ipaddress
 import json
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 
@@ -28,6 +27,7 @@ from provisioning.config import Settings
 from provisioning.launcher import SessionManager
 
 from ..conftest import session_id
+from ..netprobe import LISTENER, PROBE, SERVER, blocked
 from ..servers.volumed import VolumeService
 
 pytestmark = [pytest.mark.parametrize("s3_store", ["moto"], indirect=True),
@@ -39,44 +39,6 @@ LINK = ("198.51.100.1", "198.51.100.2")  # the host's side and the namespace's s
 METADATA = "169.254.169.254"
 PORT, HOST_PORT, SESSION_PORT = 18080, 18081, 18082
 
-SERVER = textwrap.dedent("""
-    import socket, sys, threading
-    def serve(address, port, name):
-        s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.bind((address, port)); s.listen(64)
-        while True:
-            c, _ = s.accept()
-            try:
-                c.settimeout(2); c.recv(4096)
-                c.sendall(b"HTTP/1.0 200 OK\\r\\n\\r\\n" + name.encode())
-            except OSError:
-                pass
-            c.close()
-    for spec in sys.argv[1:]:
-        address, port, name = spec.split(",")
-        threading.Thread(target=serve, args=(address, int(port), name), daemon=True).start()
-    print("ready", flush=True)
-    threading.Event().wait()
-""")
-
-PROBE = textwrap.dedent("""
-    import json, socket, sys, threading
-    out = {}
-    def probe(target):
-        host, port = target.rsplit(":", 1)
-        s = socket.socket(); s.settimeout(1.5)
-        try:
-            s.connect((host, int(port)))
-            s.sendall(b"GET / HTTP/1.0\\r\\n\\r\\n")
-            out[target] = s.recv(200).decode(errors="replace").split("\\r\\n\\r\\n", 1)[-1]
-        except OSError as exc:
-            out[target] = type(exc).__name__
-        finally:
-            s.close()
-    threads = [threading.Thread(target=probe, args=(t,)) for t in sys.argv[1:]]
-    [t.start() for t in threads]; [t.join() for t in threads]
-    print(json.dumps(out))
-""")
 
 
 def sh(*argv: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -180,18 +142,13 @@ def open_manager(settings: Settings, manager: SessionManager, docker_engine: doc
     return SessionManager(dataclasses.replace(settings, egress="internet"), client=docker_engine)
 
 
-def blocked(answer: str) -> bool:
-    return answer in ("TimeoutError", "ConnectionRefusedError", "OSError")
-
-
 def test_default_policy_reaches_the_internet_and_nothing_of_the_host_the_metadata_or_other_sessions(
         open_manager: SessionManager, docker_engine: docker.DockerClient, internet: None, host_listeners: None,
         volume_service: VolumeService, executor_image: str) -> None:
     network = volume_service.network
     other = session_id()
     open_manager.create(other)
-    serve = open_manager.exec(other, argv=["sh", "-c", 'nohup python3 -c "$0" "$1" >/dev/null 2>&1 &', SERVER,
-                                           f"0.0.0.0,{SESSION_PORT},other session"])
+    serve = open_manager.exec(other, argv=["python3", "-c", LISTENER, f"0.0.0.0,{SESSION_PORT},other session"])
     assert serve.exit_code == 0, serve.stderr
     other_address = address_of(docker_engine, other, network)
     deadline = time.monotonic() + 10  # the other session's listener answers the session itself

@@ -6,6 +6,8 @@ with the control plane's side of it."""
 
 from __future__ import annotations
 
+import dataclasses
+
 import datetime as dt
 import ipaddress
 import json
@@ -27,13 +29,13 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from provisioning import facts, validation
+from provisioning import connlimits, facts, validation
 from provisioning.backends.swarm import SwarmBackend
 from provisioning.config import Settings
 from provisioning.errors import SessionError
 from provisioning.executor_client import ExecutorError, RemoteExecutor, client_context
 from provisioning.procs import ProcessRef, namespace_init
-from provisioning.volumed.gateway import CONTROL_PLANE_CN, GatewayLimits, GatewayServer, TLSFiles
+from provisioning.volumed.gateway import CONTROL_PLANE_CN, LIMITS, GatewayServer, TLSFiles
 from provisioning.volumed.volumes import SealConflict, VolumeManager, VolumeState
 
 from .local_peer import NOBODY, LocalPeer, Spec
@@ -101,7 +103,7 @@ def manager(tmp_path_factory: pytest.TempPathFactory) -> VolumeManager:
 
 
 @contextmanager
-def serving(manager: VolumeManager, fleet: Fleet, limits: GatewayLimits = GatewayLimits()) -> Iterator[GatewayServer]:
+def serving(manager: VolumeManager, fleet: Fleet, limits: connlimits.Limits = LIMITS) -> Iterator[GatewayServer]:
     server = GatewayServer(("127.0.0.1", 0), manager, fleet.node, limits=limits)
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
@@ -143,7 +145,7 @@ def test_a_handshake_flood_is_capped_and_cut_while_the_control_plane_is_served(m
     The flood comes from 127.0.0.2, and as another uid than the control plane's client here
     (root): a local peer is the uid owning its socket, whatever loopback address it binds, or a
     user could take a share per address of 127.0.0.0/8."""
-    limits = GatewayLimits(handshake_timeout=1.5)
+    limits = dataclasses.replace(LIMITS, handshake=1.5)
     before = threading.active_count()
     with serving(manager, fleet, limits) as server:
         flood = Spec(target=("127.0.0.1", server.server_port), source="127.0.0.2", count=1000,
@@ -162,12 +164,12 @@ def test_a_handshake_flood_is_capped_and_cut_while_the_control_plane_is_served(m
             # The flood's handlers; besides, the accept loop, the watchdog and the control plane's finishing one.
             assert threading.active_count() - before <= limits.max_per_peer + 3
 
-            peer.wait_for("status", within=limits.handshake_timeout + 1.5, accept=lambda e: e["open"] == 0)
+            peer.wait_for("status", within=limits.handshake + 1.5, accept=lambda e: e["open"] == 0)
             lifetimes = sorted(peer.stop()["lifetimes"])
         assert len(lifetimes) == 1000
         refused, cut = lifetimes[:-limits.max_per_peer], lifetimes[-limits.max_per_peer:]
         assert refused[-1] < 1.0
-        assert limits.handshake_timeout - 0.1 <= cut[0] and cut[-1] < limits.handshake_timeout + 1.0
+        assert limits.handshake - 0.1 <= cut[0] and cut[-1] < limits.handshake + 1.0
         assert server.guard.caps.held(f"uid {NOBODY}") == 0
 
 
