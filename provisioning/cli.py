@@ -299,7 +299,8 @@ def build_parser() -> argparse.ArgumentParser:
     image = sub.add_parser("image", help="the executor image").add_subparsers(dest="image_command", required=True)
     build = image.add_parser("build", parents=[common], help="build the executor image")
     build.add_argument("--base-image",
-                       help="base image (default python:3.11-slim, offline Debian base if it cannot be pulled)")
+                       help="base image (default python:3.13-slim-trixie, the offline Debian base where it cannot be "
+                       "pulled)")
     build.add_argument("--offline", action="store_true",
                        help="use the offline Debian base (debootstrap + docker import)")
     build.add_argument("--suite", default=DEFAULT_SUITE, help="Debian suite for the offline base")
