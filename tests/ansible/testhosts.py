@@ -86,14 +86,14 @@ def build_image(client: docker.DockerClient, suite: str) -> str:
 def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.containers.Container:
     remove(client, name)
     spec = host_spec()
-    container = client.containers.run(
-        image_tag(suite),
-        name=name,
-        hostname=name,
-        detach=True,
+    # /proc/sys writable, as on a real host (docker run's --security-opt systempaths=unconfined,
+    # which the API spells as empty masked and read-only path lists): an engine inside sets
+    # sysctls in each of its containers' network namespaces (Docker 26 turns IPv6 off on IPv4-only
+    # interfaces, and fails the container where it cannot).
+    host_config = client.api.create_host_config(
         cgroupns=spec["cgroupns_mode"],
-        volumes={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
-                 f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
+        binds={"/sys/fs/cgroup": {"bind": "/sys/fs/cgroup", "mode": "rw"},
+               f"{name}-docker": {"bind": "/var/lib/docker", "mode": "rw"}},
         tmpfs=dict(entry.split(":", 1) for entry in spec["tmpfs"]),
         cap_drop=["ALL"],
         cap_add=spec["capabilities"],
@@ -102,9 +102,13 @@ def start(client: docker.DockerClient, suite: str, name: str) -> docker.models.c
         # out the lowest free loop device machine-wide, so the host's own nodes are passed).
         devices=["/dev/fuse:/dev/fuse:rwm", *loop_devices()],
         device_cgroup_rules=["b 7:* rmw", "c 10:237 rmw"],
-        stop_signal=spec["stop_signal"],
-        labels={"io.sandbox-host.test-host": suite},
     )
+    host_config.update(MaskedPaths=[], ReadonlyPaths=[])
+    created = client.api.create_container(image_tag(suite), name=name, hostname=name, host_config=host_config,
+                                          stop_signal=spec["stop_signal"], labels={"io.sandbox-host.test-host": suite},
+                                          volumes=["/sys/fs/cgroup", "/var/lib/docker"])
+    client.api.start(created["Id"])
+    container = client.containers.get(created["Id"])
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
         state = container.exec_run(["systemctl", "is-system-running"]).output.decode().strip()
