@@ -79,6 +79,9 @@ def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Pat
     leaves the mounts (and their s3fs processes) running for the next instance. Each driver
     name keeps its own directories, so a test instance never touches the host's."""
     driver = settings.volume_driver
+    # A socket left by an instance that was killed would stand for a live service until this one
+    # binds its own, after adopting: whoever waits for the socket to appear waits for this one.
+    socket_path(driver, plugin_dir).unlink(missing_ok=True)
     manager = VolumeManager(settings, data_dir=data_dir or Path(facts.SERVICE_DATA_DIR) / driver,
                             state_dir=state_dir or Path(facts.SERVICE_STATE_DIR) / driver,
                             docker_remove=_docker_remove, log=_log)

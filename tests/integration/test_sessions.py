@@ -652,16 +652,19 @@ def test_large_file_beyond_memory_limit(manager: SessionManager, settings: Setti
     assert h.hexdigest() == digest
 
 
+@pytest.mark.parametrize("ending", ["stop", "kill"])
 def test_service_restart_keeps_live_sessions(manager: SessionManager, settings: Settings,
-                                             storage: SessionStorage, volume_service) -> None:
+                                             storage: SessionStorage, volume_service, ending: str) -> None:
     """Restarting (or upgrading) the volume service leaves live workspaces mounted: their s3fs
-    processes outlive it and the new instance adopts them, and stops them cleanly later."""
+    processes outlive it and the new instance adopts them, and stops them cleanly later. The
+    same after a crash, which leaves its socket behind: nobody takes that for the new instance."""
     if settings.mount != "host":
         pytest.skip("the in-container strategy uses no volume service")
     sid = session_id()
     manager.create(sid)
     run_ok(manager, sid, "open('artifacts/before.txt','w').write('1')")
-    volume_service.stop()
+    getattr(volume_service, ending)()
+    assert volume_service.socket.exists() == (ending == "kill")
     run_ok(manager, sid, "open('artifacts/during.txt','w').write('2')")  # the service is down
     volume_service.start()
     assert "adopted" in volume_service.log.read_text()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import secrets
+import socket
 import subprocess
 import sys
 import time
@@ -52,16 +53,32 @@ class VolumeService:
             self.proc = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "volumes", "serve",
                                           "--config", str(self.config)], cwd=ROOT, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
-        while not self.socket.exists():
+        while not self._answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"volume service {self.driver} did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)
         return self
 
+    def _answers(self) -> bool:
+        """Whether the service accepts a connection: a socket file alone may be one a killed
+        instance left."""
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(self.socket))
+            except OSError:
+                return False
+        return True
+
     def stop(self) -> None:
         """Stop the process (mounts stay, as with the real service)."""
         if self.proc is not None and self.proc.poll() is None:
             self.proc.terminate()
+            self.proc.wait(20)
+
+    def kill(self) -> None:
+        """Kill the process as a crash or an OOM kill would: no clean-up, its socket stays."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
             self.proc.wait(20)
 
     def close(self) -> None:
