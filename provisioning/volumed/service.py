@@ -4,6 +4,8 @@ role as a systemd unit, or an init script where systemd is not PID 1)."""
 from __future__ import annotations
 
 import contextlib
+import fcntl
+import os
 import signal
 import sys
 import threading
@@ -13,6 +15,7 @@ from typing import Any
 
 from .. import facts, mountinfo
 from ..config import ValidSettings
+from ..errors import SandboxHostError
 from ..escape import printable
 from .netguard import NetworkGuard, docker
 from .plugin import serve
@@ -73,18 +76,41 @@ def socket_path(driver: str, plugin_dir: str = facts.PLUGIN_DIR) -> Path:
     return Path(plugin_dir) / f"{driver}.sock"
 
 
+def hold_driver_name(state_dir: Path) -> int:
+    """Claim the service's driver name for this process: a lock beside its state directory
+    (which ``purge`` may remove), held as long as the returned descriptor is open, so the kernel
+    lets it go with the process, however it ends. Two services of one name would each take the
+    other's staging areas and socket: the second refuses, naming the first."""
+    state_dir.parent.mkdir(parents=True, exist_ok=True)
+    path = state_dir.parent / f"{state_dir.name}.lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)  # not inherited: s3fs outliving us holds nothing
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise SandboxHostError(
+            f"another volume service already serves the driver {state_dir.name!r} (pid {holder}, lock {path}); "
+            "stop it first, or give this one another volume_driver"
+        ) from None
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
 def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Path | None = None,
         plugin_dir: str = facts.PLUGIN_DIR) -> int:
     """Adopt what a previous instance left, then serve Docker until SIGTERM/SIGINT. Stopping
     leaves the mounts (and their s3fs processes) running for the next instance. Each driver
     name keeps its own directories, so a test instance never touches the host's."""
     driver = settings.volume_driver
-    # A socket left by an instance that was killed would stand for a live service until this one
-    # binds its own, after adopting: whoever waits for the socket to appear waits for this one.
+    state_dir = state_dir or Path(facts.SERVICE_STATE_DIR) / driver
+    _lock = hold_driver_name(state_dir)  # held until the process ends
+    # The name is ours: a socket there is one a killed instance left. It would stand for a live
+    # service until this one binds its own, after adopting; whoever waits for it waits for us.
     socket_path(driver, plugin_dir).unlink(missing_ok=True)
     manager = VolumeManager(settings, data_dir=data_dir or Path(facts.SERVICE_DATA_DIR) / driver,
-                            state_dir=state_dir or Path(facts.SERVICE_STATE_DIR) / driver,
-                            docker_remove=_docker_remove, log=_log)
+                            state_dir=state_dir, docker_remove=_docker_remove, log=_log)
     manager.start()
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

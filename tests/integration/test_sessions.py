@@ -7,6 +7,8 @@ import json
 import os
 import re
 import signal
+import subprocess
+import sys
 import textwrap
 import threading
 import time
@@ -25,7 +27,7 @@ from provisioning.storage import SessionStorage, StorageError
 from provisioning.uids import known_to_host
 
 from ..conftest import session_id
-from .conftest import TEST_DRIVER, cli, containers_for, host_s3fs_pids, state_dirs
+from .conftest import CHECKOUT, TEST_DRIVER, cli, containers_for, host_s3fs_pids, state_dirs
 
 
 def run_ok(manager: SessionManager, sid: str, code: str, stdin: bytes = b"") -> str:
@@ -650,6 +652,16 @@ def test_large_file_beyond_memory_limit(manager: SessionManager, settings: Setti
         h.update(chunk)
     storage.client.delete_object(Bucket=settings.bucket, Key=f"sessions/{sid}/artifacts/big.bin")
     assert h.hexdigest() == digest
+
+
+def test_a_second_service_of_one_driver_name_refuses_and_names_the_first(volume_service) -> None:
+    """Two services of one name would take each other's socket and staging areas."""
+    second = subprocess.run([sys.executable, "-m", "provisioning.cli", "volumes", "serve",
+                             "--config", str(volume_service.config)],
+                            capture_output=True, text=True, timeout=30, cwd=CHECKOUT)
+    assert second.returncode != 0
+    assert f"already serves the driver {volume_service.driver!r} (pid {volume_service.proc.pid}" in second.stderr
+    assert volume_service.answers()
 
 
 @pytest.mark.parametrize("ending", ["stop", "kill"])

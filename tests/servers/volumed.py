@@ -53,13 +53,13 @@ class VolumeService:
             self.proc = subprocess.Popen([sys.executable, "-m", "provisioning.cli", "volumes", "serve",
                                           "--config", str(self.config)], cwd=ROOT, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
-        while not self._answers():
+        while not self.answers():
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise RuntimeError(f"volume service {self.driver} did not start: {self.log.read_text()[-2000:]}")
             time.sleep(0.02)
         return self
 
-    def _answers(self) -> bool:
+    def answers(self) -> bool:
         """Whether the service accepts a connection: a socket file alone may be one a killed
         instance left."""
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
