@@ -11,6 +11,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+from .. import mountinfo
 from ..errors import SandboxHostError
 from ..escape import printable
 from ..polling import poll_until
@@ -90,6 +91,29 @@ def wait_exit(ref: ProcessRef, timeout: float, reap: Callable[[int], None] | Non
         return poll_until(ended, timeout, TimeoutError, every=0.005)
     except TimeoutError:
         return False
+
+
+def share(path: Path) -> None:
+    """Make ``path`` a shared mount (a bind onto itself where it is not a mount point yet), so
+    that a mount made below it later reaches the containers that bound a directory there. The
+    host's / may be private (no systemd), so this is never left to chance."""
+    target = str(path)
+    top = mountinfo.at(target)
+    if top is None:
+        subprocess.run(["mount", "--bind", target, target], check=True, capture_output=True)
+    elif top.shared:
+        return
+    subprocess.run(["mount", "--make-shared", target], check=True, capture_output=True)
+
+
+class HostRunner:
+    """Mounter processes and their mounts on this host (``workspaces.Runner``)."""
+
+    start = staticmethod(start)
+    wait_mounted = staticmethod(wait_mounted)
+    unmount = staticmethod(unmount)
+    is_mounted = staticmethod(is_mounted)
+    share = staticmethod(share)
 
 
 class Watcher:

@@ -43,7 +43,8 @@ from ..executor_client import EXEC_MARGIN, ExecutorClient
 from ..procs import ProcessRef
 from ..validation import session_id
 from .netguard import NetworkGuard
-from .volumes import SealConflict, VolumeManager, VolumeState
+from .state import SealConflict, VolumeState
+from .volumes import VolumeManager
 
 CONTROL_PLANE_CN = "sandbox-host control plane"
 MAX_BODY = 40 << 20  # an /exec request: its stdin (base64) and arguments

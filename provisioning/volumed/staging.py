@@ -87,8 +87,7 @@ class StagingPool:
     not wait for mkfs and the loop mount: take() hands one over at once and a background thread
     makes the next. Spares left by a previous instance of the service are discarded at start."""
 
-    def __init__(self, root: Path, size: str, *, keep: set[Path] = frozenset(), spares: int = 2,  # type: ignore[assignment]
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+    def __init__(self, root: Path, size: str, *, spares: int = 2, log: Callable[[str], None] = lambda _m: None) -> None:
         self.root = root
         self.size = size
         self.spares = spares
@@ -96,12 +95,21 @@ class StagingPool:
         self._ready: list[Staging] = []
         self._lock = threading.Lock()
         self._wanted = threading.Event()
-        root.mkdir(parents=True, exist_ok=True, mode=0o700)
-        for leftover in sorted(root.glob("*.img")):
-            if leftover not in keep:  # spares of a previous instance (in-use ones are kept)
-                Staging(leftover, leftover.with_suffix("")).remove()
+
+    def start(self, keep: set[Path]) -> None:
+        """Discard what a previous instance left but the areas in ``keep`` (live volumes'), then
+        start making spares."""
+        self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        for leftover in sorted(self.root.glob("*.img")):
+            if leftover not in keep:
+                self.release(leftover)
         threading.Thread(target=self._fill, name="staging-pool", daemon=True).start()
         self._wanted.set()
+
+    @staticmethod
+    def release(image: Path) -> None:
+        """Remove a staging area (a volume's, once its writes are in S3; or a spare)."""
+        Staging(image, image.with_suffix("")).remove()
 
     def _make(self) -> Staging:
         token = secrets.token_hex(6)

@@ -36,7 +36,8 @@ from provisioning.errors import SessionError
 from provisioning.executor_client import ExecutorError, RemoteExecutor, client_context
 from provisioning.procs import ProcessRef, namespace_init
 from provisioning.volumed.gateway import CONTROL_PLANE_CN, LIMITS, GatewayServer, TLSFiles
-from provisioning.volumed.volumes import SealConflict, VolumeManager, VolumeState
+from provisioning.volumed.state import SealConflict, VolumeState
+from provisioning.volumed.volumes import VolumeManager
 
 from .local_peer import NOBODY, LocalPeer, Spec
 

@@ -9,16 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from provisioning.config import Settings
-from provisioning.volumed import volumes
 from provisioning.volumed.fuseproc import MountError
 from provisioning.volumed.mounters import HeldFile
 from provisioning.volumed.mounters.rclone import held_files
+from provisioning.volumed.quarantine import Quarantine
 
+VOLUME = "sandbox-ws-abc.1900000005"
 HOSTILE = "a\n\x1b]0;pwned\x07\x1b[2Jstopped cleanly"
-SETTINGS = Settings(s3_endpoint="http://127.0.0.1:9", bucket="fake-bucket", access_key="AKIAFAKE",
-                    secret_key="fake-secret", state_dir="/run/sandbox-host-unit", scoped_credentials=False)
-
 
 def cached(root: Path, path: str, data: bytes, *, dirty: bool, ranges: list[tuple[int, int]] | None = None) -> None:
     """One file as rclone 1.60's VFS cache keeps it: bytes under vfs/, metadata under vfsMeta/."""
@@ -46,16 +43,14 @@ def test_held_files_are_the_dirty_ones(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def manager(tmp_path: Path) -> volumes.VolumeManager:
-    return volumes.VolumeManager(SETTINGS.validated(), data_dir=tmp_path / "data", state_dir=tmp_path / "state",
-                                 quarantine_max_bytes=64)
+def quarantine(tmp_path: Path) -> Quarantine:
+    return Quarantine(tmp_path / "data" / "quarantine", max_bytes=64)
 
 
-def test_refused_files_are_copied_to_the_quarantine_and_named_escaped(manager: volumes.VolumeManager,
+def test_refused_files_are_copied_to_the_quarantine_and_named_escaped(quarantine: Quarantine,
                                                                       tmp_path: Path) -> None:
     cached(tmp_path, HOSTILE, b"odd bytes", dirty=True)
-    state = volumes.VolumeState("sandbox-ws-abc.1900000005", "abc", 1900000005, 1900000005)
-    message = manager._quarantine(state, [HeldFile(HOSTILE, tmp_path / "vfs" / HOSTILE, True)])
+    message = quarantine.keep(VOLUME, [HeldFile(HOSTILE, tmp_path / "vfs" / HOSTILE, True)])
     [kept] = (tmp_path / "data" / "quarantine").iterdir()
     assert kept.name.startswith("sandbox-ws-abc.1900000005.") and kept.stat().st_mode & 0o777 == 0o700
     assert (kept / "1").read_bytes() == b"odd bytes" and (kept / "1").stat().st_mode & 0o777 == 0o600
@@ -64,12 +59,11 @@ def test_refused_files_are_copied_to_the_quarantine_and_named_escaped(manager: v
                        f"'a\\n\\x1b]0;pwned\\x07\\x1b[2Jstopped cleanly' in {kept / '1'}")
 
 
-def test_refused_files_that_do_not_fit_or_are_not_all_here_stay_where_they_are(manager: volumes.VolumeManager,
+def test_refused_files_that_do_not_fit_or_are_not_all_here_stay_where_they_are(quarantine: Quarantine,
                                                                                tmp_path: Path) -> None:
-    state = volumes.VolumeState("sandbox-ws-abc.1900000005", "abc", 1900000005, 1900000005)
     cached(tmp_path, HOSTILE, b"x" * 65, dirty=True)
     with pytest.raises(MountError, match=r"'a\\n\\x1b\]0;pwned.*65 bytes do not fit"):
-        manager._quarantine(state, [HeldFile(HOSTILE, tmp_path / "vfs" / HOSTILE, True)])
+        quarantine.keep(VOLUME, [HeldFile(HOSTILE, tmp_path / "vfs" / HOSTILE, True)])
     with pytest.raises(MountError, match="holds only part of it"):
-        manager._quarantine(state, [HeldFile("big.bin", tmp_path / "vfs" / "big.bin", False)])
+        quarantine.keep(VOLUME, [HeldFile("big.bin", tmp_path / "vfs" / "big.bin", False)])
     assert not list((tmp_path / "data").glob("quarantine/*"))

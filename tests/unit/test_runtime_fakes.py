@@ -375,7 +375,7 @@ def test_a_volume_saved_from_two_threads_at_once_is_saved(tmp_path: Path) -> Non
     def save_many() -> None:
         try:
             for _ in range(300):
-                manager._save(state)
+                manager.files.save(state)
         except BaseException as exc:  # noqa: BLE001 - reported below
             errors.append(exc)
 

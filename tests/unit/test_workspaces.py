@@ -1,0 +1,322 @@
+"""A workspace volume's life in the volume service, driven through Docker's calls (create,
+mount, unmount, remove) and a restart (adopt), with the host-facing seams injected: the runner
+(here, mounter processes are plain sleepers and a mount is a set entry), the staging areas, the
+store and the credentials. What FUSE, loop devices and S3 do is the docker tier's
+(tests/integration/test_sessions.py); this is the service's own logic: what each outcome leaves."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from provisioning import facts
+from provisioning.config import Credentials, Settings, ValidSettings
+from provisioning.polling import poll_until
+from provisioning.procs import ProcessRef
+from provisioning.validation import SessionId
+from provisioning.volumed.fuseproc import MountError
+from provisioning.volumed.mounters import HeldFile, MountCommand, MountTarget, Refuses
+from provisioning.volumed.staging import Staging
+from provisioning.volumed.volumes import VolumeError, VolumeManager
+
+SID = "abc"
+UID = 1900000005
+NAME = facts.volume_name(SID, UID)
+OPTIONS = {"session": SID, "uid": str(UID), "gid": str(UID)}
+SETTINGS = Settings(s3_endpoint="http://127.0.0.1:9", bucket="unit-bucket", access_key="AKIAUNIT",
+                    secret_key="unit-secret", scoped_credentials=False).validated()
+SLEEPER = [sys.executable, "-c", "import time; time.sleep(300)"]
+
+
+class FakeRunner:
+    """Mounter processes are real processes; their "mount" is an entry that appears once the
+    process runs and goes with ``unmount``, which ends the process (as a FUSE daemon ends when
+    its mount is taken down)."""
+
+    def __init__(self) -> None:
+        self.mounted: set[Path] = set()
+        self.procs: dict[Path, subprocess.Popen[bytes]] = {}
+        self.shared: list[Path] = []
+
+    def start(self, argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+        self.last_env = secrets_env
+        return subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+    def wait_mounted(self, proc: subprocess.Popen[bytes], mountpoint: Path, log: Path, timeout: float) -> None:
+        try:
+            status = proc.wait(0.5)
+        except subprocess.TimeoutExpired:
+            self.mounted.add(mountpoint)
+            self.procs[mountpoint] = proc
+            return
+        raise MountError(f"mounter exited (status {status}) before mounting")
+
+    def unmount(self, mountpoint: Path) -> None:
+        if mountpoint in self.mounted:
+            self.mounted.discard(mountpoint)
+            self.procs.pop(mountpoint).terminate()
+
+    def is_mounted(self, path: Path) -> bool:
+        return path in self.mounted
+
+    def share(self, path: Path) -> None:
+        self.shared.append(path)
+
+
+class FakeStaging:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.taken: list[Path] = []
+        self.released: list[Path] = []
+        self.kept: set[Path] | None = None
+
+    def start(self, keep: set[Path]) -> None:
+        self.kept = keep
+
+    def take(self) -> Staging:
+        image = self.root / f"{len(self.taken)}.img"
+        image.parent.mkdir(parents=True, exist_ok=True)
+        image.write_bytes(b"")
+        image.with_suffix("").mkdir()
+        self.taken.append(image)
+        return Staging(image, image.with_suffix(""))
+
+    def release(self, image: Path) -> None:
+        self.released.append(image)
+
+
+@dataclass
+class FakeStore:
+    markers: list[str] = field(default_factory=list)
+    refused: list[tuple[str, list[HeldFile]]] = field(default_factory=list)
+    refuses_all: bool = False
+
+    def put_marker(self, key: str) -> None:
+        self.markers.append(key)
+
+    def refuses(self, session_id: str, held: list[HeldFile]) -> bool:
+        self.refused.append((session_id, held))
+        return self.refuses_all
+
+
+@dataclass
+class FakeMounter:
+    """A mounter whose process is ``argv``; with ``control``, it keeps writes back until drained
+    (as rclone does), and ``drain`` does what ``drains`` says."""
+
+    argv: list[str] = field(default_factory=lambda: list(SLEEPER))
+    control: str = ""
+    drains: str = "ok"  # ok | fail | held
+    name: str = "s3fs"
+    targets: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
+    drained: int = 0
+
+    def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
+        self.targets.append((target, credentials))
+        return MountCommand(self.argv, {"AWS_ACCESS_KEY_ID": credentials.access_key}, self.control)
+
+    def verify(self, control: str, timeout: float) -> None:
+        pass
+
+    def drain(self, control: str, timeout: float, refuses: Refuses) -> list[HeldFile]:
+        self.drained += 1
+        if self.drains == "fail":
+            raise MountError("2 uploads still pending")
+        if self.drains == "held":
+            held = [HeldFile("odd\nname", Path("/nonexistent"), True)]
+            if not refuses(held):
+                raise MountError("1 upload still pending")
+        return []
+
+    def check(self) -> None:
+        pass
+
+
+@dataclass
+class Host:
+    root: Path
+    runner: FakeRunner = field(default_factory=FakeRunner)
+    store: FakeStore = field(default_factory=FakeStore)
+    mounter: FakeMounter = field(default_factory=FakeMounter)
+    minted: list[SessionId] = field(default_factory=list)
+    mint_error: Exception | None = None
+    staging: FakeStaging = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.staging = FakeStaging(self.root / "staging")
+
+    def mint(self, settings: ValidSettings, session_id: SessionId) -> Credentials:
+        if self.mint_error is not None:
+            raise self.mint_error
+        self.minted.append(session_id)
+        return Credentials(f"ASIA{session_id.upper()}", "scoped-secret", "token")
+
+    def service(self) -> VolumeManager:
+        """A (new) instance of the service on this host: it adopts what the last one left."""
+        manager = VolumeManager(SETTINGS, data_dir=self.root / "data", state_dir=self.root / "state", mint=self.mint,
+                                store=self.store, runner=self.runner, staging=self.staging,  # type: ignore[arg-type]
+                                mounter_for=lambda _name: self.mounter)
+        manager.start()
+        return manager
+
+
+@pytest.fixture
+def host(tmp_path: Path) -> Iterator[Host]:
+    host = Host(tmp_path)
+    yield host
+    for proc in host.runner.procs.values():
+        proc.kill()
+        proc.wait()
+
+
+def mounted(host: Host) -> tuple[VolumeManager, ProcessRef]:
+    manager = host.service()
+    manager.create(NAME, OPTIONS)
+    assert manager.wait(NAME).status == "mounted", manager.get(NAME).error
+    assert manager.mount(NAME, "container-1") == manager.mountpoint(NAME)
+    ref = manager.get(NAME).process
+    assert ref is not None and ref.alive()
+    return manager, ref
+
+
+def saved_status(host: Host) -> str:
+    import json
+
+    return str(json.loads((host.root / "state" / f"{NAME}.json").read_text())["status"])
+
+
+def test_a_workspace_mounts_with_its_sessions_credentials_markers_and_staging(host: Host) -> None:
+    manager, ref = mounted(host)
+    assert host.runner.shared == [host.root / "data" / "volumes"]
+    assert host.minted == [SID]
+    assert sorted(host.store.markers) == [f"sessions/{SID}/", f"sessions/{SID}/artifacts/", f"sessions/{SID}/uploads/"]
+    [(target, credentials)] = host.mounter.targets
+    assert (target.mountpoint, target.uid, target.gid) == (manager.mountpoint(NAME), UID, UID)
+    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC"
+    assert host.runner.last_env == {"AWS_ACCESS_KEY_ID": "ASIAABC"}  # the session's key, in the environment only
+    assert manager.mountpoint(NAME).stat().st_uid == UID  # the container may see it before the mount
+    assert saved_status(host) == "mounted"
+    # The last caller leaves: the mount comes down, the mounter ends, the staging area goes.
+    manager.unmount(NAME, "container-1")
+    state = manager.get(NAME)
+    assert (state.status, state.pid, state.staging) == ("unmounted", 0, "")
+    assert not ref.alive() and host.staging.released == host.staging.taken
+    manager.remove(NAME)
+    assert not (host.root / "state" / f"{NAME}.json").exists() and not manager.mountpoint(NAME).parent.exists()
+
+
+def test_a_workspace_mounted_twice_is_torn_down_only_when_the_last_caller_leaves(host: Host) -> None:
+    manager, ref = mounted(host)
+    manager.mount(NAME, "container-2")
+    manager.unmount(NAME, "container-1")
+    assert manager.get(NAME).status == "mounted" and ref.alive()
+    manager.unmount(NAME, "container-2")
+    assert manager.get(NAME).status == "unmounted" and not ref.alive()
+
+
+@pytest.mark.parametrize("failure", ["mounter exits", "credentials refused"])
+def test_a_failed_mount_says_why_and_leaves_nothing(host: Host, failure: str) -> None:
+    if failure == "mounter exits":
+        host.mounter.argv = [sys.executable, "-c", "raise SystemExit(3)"]
+        reason = "mounter exited (status 3) before mounting"
+    else:
+        host.mint_error = VolumeError("cannot mint credentials for session abc: AccessDenied")
+        reason = "cannot mint credentials for session abc: AccessDenied"
+    manager = host.service()
+    manager.create(NAME, OPTIONS)
+    state = manager.wait(NAME)
+    assert (state.status, state.error, state.staging, state.pid) == ("failed", reason, "", 0)
+    assert host.staging.released == host.staging.taken and saved_status(host) == "failed"
+    with pytest.raises(VolumeError, match=re.escape(f"cannot be mounted: {reason}")):
+        manager.mount(NAME, "container-1")
+    manager.remove(NAME)
+
+
+def test_a_mounter_that_dies_while_mounted_fails_its_volume(host: Host) -> None:
+    manager, ref = mounted(host)
+    host.runner.procs[manager.mountpoint(NAME)].kill()
+    poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
+    assert manager.get(NAME).error.startswith("s3fs exited (status -9) while mounted")
+    assert saved_status(host) == "failed"
+
+
+def test_a_drain_that_fails_keeps_the_mount_the_mounter_and_the_staging_area(host: Host) -> None:
+    host.mounter.control, host.mounter.drains = "127.0.0.1:1 login", "fail"
+    manager, ref = mounted(host)
+    manager.unmount(NAME, "container-1")
+    state = manager.get(NAME)
+    assert state.status == "failed"
+    assert state.undrained.startswith("not every write reached S3: 2 uploads still pending")
+    assert ref.alive() and host.runner.is_mounted(manager.mountpoint(NAME)) and host.staging.released == []
+    ok, undrained = manager.wait_released(SID, 1)
+    assert ok and undrained == [f"{NAME}: {state.undrained}"]  # a stop reports it
+    with pytest.raises(VolumeError, match="keeps its data on this host: not every write reached S3"):
+        manager.remove(NAME)
+    # Once the store takes the writes, the volume goes like any other.
+    host.mounter.drains = "ok"
+    manager.remove(NAME)
+    assert not ref.alive() and host.staging.released == host.staging.taken
+
+
+def test_files_the_store_refuses_are_judged_by_the_services_own_view_of_the_store(host: Host) -> None:
+    host.mounter.control, host.mounter.drains = "127.0.0.1:1 login", "held"
+    manager, _ref = mounted(host)
+    manager.unmount(NAME, "container-1")
+    assert manager.get(NAME).status == "failed"  # the store takes the key: the file waits, kept
+    [(session, [held])] = host.store.refused
+    assert (session, held.path) == (SID, "odd\nname")
+
+
+def test_a_restarted_service_adopts_live_mounts_and_fails_the_rest(host: Host) -> None:
+    first, ref = mounted(host)
+    second = host.service()
+    state = second.get(NAME)
+    assert (state.status, state.process, state.refs) == ("mounted", ref, ["container-1"])
+    assert host.staging.kept == {host.staging.taken[0]}  # the live area is kept, spares go
+    # The new instance watches the adopted mounter, and tears it down as its own.
+    second.unmount(NAME, "container-1")
+    assert second.get(NAME).status == "unmounted" and not ref.alive()
+
+
+def test_an_adopted_mounter_is_watched_by_the_new_instance(host: Host) -> None:
+    first, ref = mounted(host)
+    first.workspaces.watcher.forget(ref)  # the first instance is gone
+    second = host.service()
+    host.runner.procs[second.mountpoint(NAME)].kill()
+    poll_until(lambda: second.get(NAME).status == "failed" or None, 5, AssertionError)
+    assert second.get(NAME).error.startswith(
+        "s3fs exited (status unknown: a previous instance started it) while mounted")
+
+
+def test_a_mounter_that_died_while_the_service_was_down_fails_its_volume(host: Host) -> None:
+    first, ref = mounted(host)
+    first.workspaces.watcher.forget(ref)  # the service is down: nobody sees the mounter end
+    proc = host.runner.procs.pop(first.mountpoint(NAME))
+    proc.kill()
+    proc.wait()
+    second = host.service()
+    assert second.get(NAME).status == "failed"
+    assert second.get(NAME).error == "s3fs ended while the volume service was not running"
+
+
+def test_a_volume_left_mounting_fails_and_gives_its_staging_area_back(host: Host) -> None:
+    gate = threading.Event()
+    first = host.service()
+    host.mounter.verify = lambda control, timeout: gate.wait(5) and None  # type: ignore[method-assign]
+    first.create(NAME, OPTIONS)
+    poll_until(lambda: saved_status(host) == "mounting" and bool(host.staging.taken) or None, 5, AssertionError)
+    time.sleep(0.2)
+    second = host.service()  # the first "stopped" while mounting
+    gate.set()
+    state = second.get(NAME)
+    assert (state.status, state.error) == ("failed", "the volume service stopped while mounting")
+    assert host.staging.kept == set()  # its area is not kept: the pool discards it as a spare
+    first.wait(NAME)
