@@ -15,7 +15,7 @@ from . import config as config_mod
 from .config import ConfigError, Credentials, Settings
 from .errors import SandboxHostError
 from .escape import printable
-from .facts import DEFAULT_SUITE
+from .facts import DEFAULT_SUITE, DRAIN_TIMEOUT
 from .validation import parse_s3fs_option_list
 
 if TYPE_CHECKING:
@@ -157,6 +157,12 @@ def cmd_session_download(args: argparse.Namespace) -> int:
         return 0
     dest = storage.download(args.session_id, args.name, Path(args.output or "."))
     print(f"downloaded {args.name} to {dest}", file=sys.stderr)
+    return 0
+
+
+def cmd_session_sync(args: argparse.Namespace) -> int:
+    _manager(args).sync(args.session_id, timeout=args.timeout)
+    print(f"session {args.session_id}: every write made before this command is in S3")
     return 0
 
 
@@ -325,8 +331,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "no network boundary) (env SANDBOX_NETWORK)")
     create.add_argument("--mount", help="host (default: s3fs on the host, no capability in the container) "
                         "or in-container (env SANDBOX_MOUNT)")
-    create.add_argument("--mounter", help="with --mount host: s3fs (default) or rclone (write-back cache on "
-                        "host disk; env SANDBOX_MOUNTER)")
+    create.add_argument("--mounter", help="with --mount host: s3fs (default), rclone (write-back cache on "
+                        "host disk) or local (the files on the session's own host disk, S3 synced behind them; "
+                        "env SANDBOX_MOUNTER)")
     create.add_argument("--memory", help="memory limit, e.g. 1g")
     create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     create.add_argument("--pids-limit", type=int, help="process limit")
@@ -359,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     download.add_argument("name")
     download.add_argument("-o", "--output", help="file or directory (default: .); - for standard output")
     download.set_defaults(func=cmd_session_download)
+
+    sync = session.add_parser("sync", parents=[common], help="return once every write made so far is in S3 "
+                              "(the session runs on)")
+    sync.add_argument("session_id")
+    sync.add_argument("--timeout", type=float, default=DRAIN_TIMEOUT)
+    sync.set_defaults(func=cmd_session_sync)
 
     stop = session.add_parser("stop", parents=[common], help="stop gracefully (flush, unmount), then remove")
     stop.add_argument("session_id")

@@ -63,8 +63,9 @@ class Settings:
     # How /workspace is mounted: "host" (s3fs on the host, through the sandbox-host volume
     # driver; the container holds no capability) or "in-container" (s3fs inside the container).
     mount: str = "host"
-    # What mounts it on the host (host strategy): "s3fs" (every close uploads) or "rclone"
-    # (rclone mount with a write-back cache on host disk: fast small files; see docs/operations.md).
+    # What mounts it on the host (host strategy): "s3fs" (every close uploads), "rclone" (rclone
+    # mount with a write-back cache on host disk) or "local" (the files on the session's own host
+    # filesystem, S3 synced behind them: local-disk speed; see docs/operations.md).
     mounter: str = "s3fs"
     backend: str = "docker"
     volume_driver: str = facts.VOLUME_DRIVER

@@ -33,7 +33,7 @@ UID_RANGE = (1_900_000_000, 1_999_999_999)
 
 # -- the host service (Docker volume plugin) ---------------------------------------------------
 # What mounts a workspace on the host (the host strategy): s3fs by default, or rclone mount.
-MOUNTERS = ("s3fs", "rclone")
+MOUNTERS = ("s3fs", "rclone", "local")
 # How long a stop waits for a mounter that keeps writes back (rclone) to get them all into S3.
 DRAIN_TIMEOUT = 300.0
 VOLUME_DRIVER = "sandbox-host"  # Docker finds it as /run/docker/plugins/<name>.sock

@@ -7,7 +7,7 @@ import builtins  # list[...] in SessionManager, whose own list() shadows it ther
 from typing import TYPE_CHECKING, Any
 
 
-from . import validation
+from . import facts, validation
 from .backends import Backend, SessionInfo, SessionSpec, backend_for
 from .config import Settings
 from .errors import SessionError, SessionExists, SessionNotFound
@@ -80,6 +80,11 @@ class SessionManager:
 
     def health(self, session_id: str) -> dict[str, Any]:
         return self.executor(session_id).health()
+
+    def sync(self, session_id: str, timeout: float = facts.DRAIN_TIMEOUT) -> None:
+        """Return once every write the session made before the call is in S3 (it runs on);
+        SessionError naming what is not, after ``timeout`` seconds at most."""
+        self.backend.sync(validation.session_id(session_id), timeout)
 
     # -- stop -----------------------------------------------------------------------------------
     def stop(self, session_id: str, timeout: int = 30) -> int:

@@ -10,8 +10,9 @@ serves on a unix socket (so it works with every network mode, including none):
   POST /exec    {"argv": [...]} or {"code": "..."}, optional "timeout" (s), "stdin" (base64)
                 -> {"exit_code", "stdout", "stderr" (base64), "duration", "timed_out", "truncated"}
 
-/exec refuses (503) unless /workspace is a live FUSE mount: writing into an unmounted
-workspace would land in the container layer and be lost.
+/exec refuses (503) unless /workspace is a live mount of the session's files (FUSE, or the
+local-first workspace's host filesystem mounted over the volume): writing into an unmounted
+workspace would land in the container layer, or the bare volume directory, and be lost.
 
 Against the user code it runs (same uid): it is non-dumpable and filters system calls
 (guard.py); it answers only peers outside its own PID namespace (the host), so user code
@@ -65,18 +66,22 @@ def _unescape_mountinfo(path: str) -> str:
 
 def workspace_health(workspace: str) -> dict[str, object]:
     fstype = None
+    stacked = 0
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
             for line in handle:
                 fields = line.split()
                 if len(fields) > 5 and _unescape_mountinfo(fields[4]) == workspace:
                     fstype = fields[fields.index("-") + 1]  # the last mount on top wins
+                    stacked += 1
     except OSError as exc:
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": None,
                 "detail": f"cannot read mountinfo: {exc}"}
-    if fstype is None or not fstype.startswith("fuse"):
+    # A FUSE mount (s3fs, rclone); or a mount that arrived over the volume Docker bound there
+    # (the local-first workspace: the session's filesystem, mounted on the host after the start).
+    if fstype is None or not (fstype.startswith("fuse") or stacked >= 2):
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": fstype,
-                "detail": f"{workspace} is not a FUSE mount"}
+                "detail": f"{workspace} is not mounted yet"}
     try:
         os.stat(workspace)
         os.listdir(workspace)

@@ -79,5 +79,9 @@ class Backend(Protocol):
     def executor(self, session_id: SessionId) -> Executor:
         """A client for the session's executor, or SessionError when it is not running."""
 
+    def sync(self, session_id: SessionId, timeout: float) -> None:
+        """Return once every write the running session made before the call is in S3;
+        SessionError naming what is not."""
+
     def stop(self, session_id: SessionId, timeout: int) -> int:
         """Graceful stop (the workspace flushed and unmounted), then remove. The exit status."""

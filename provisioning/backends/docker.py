@@ -365,6 +365,20 @@ class DockerBackend:
             self.release_uid(int(labels[facts.LABEL_UID]))
 
     # -- stop -----------------------------------------------------------------------------------
+    def sync(self, session_id: SessionId, timeout: float) -> None:
+        """Host strategy: the volume driver syncs the workspace. In-container, s3fs has uploaded
+        each file when it was closed: nothing to wait for."""
+        container = self._get(session_id)
+        self._info(container).require_running()
+        if not container.labels.get(facts.LABEL_VOLUME):
+            return
+        from ..volumed.client import call
+
+        answer = call(container.labels.get(facts.LABEL_DRIVER, ""), "SandboxHost.Sync",
+                      {"Session": session_id, "Timeout": timeout}, timeout=timeout + 30)
+        if answer.get("Err"):
+            raise SessionError(f"session {session_id}: {answer['Err']}")
+
     def stop(self, session_id: SessionId, timeout: int) -> int:
         """SIGTERM: the executor ends user code, the workspace is flushed and unmounted (by the
         entrypoint, or by the volume driver once the container exited); then remove."""

@@ -265,6 +265,13 @@ class SwarmBackend:
         assert task is not None
         return self._remote(session_id, self.client.api.inspect_node(task["NodeID"]))
 
+    def sync(self, session_id: SessionId, timeout: float) -> None:
+        """The session's node syncs its workspace (POST /sync on its gateway)."""
+        status, body, _peer = self.executor(session_id).request("POST", "/sync", {"timeout": timeout},
+                                                                timeout=timeout + 30)
+        if status != 200:
+            raise SessionError(f"session {session_id}: {str(body.get('error'))[:1000]}")
+
     # -- stop -------------------------------------------------------------------------------------
     def stop(self, session_id: SessionId, timeout: int) -> int:
         """Scale to zero (SIGTERM: the executor ends user code), wait for the node to release the

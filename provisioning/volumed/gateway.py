@@ -20,6 +20,7 @@ gateway's threads.
     GET  /v1/sessions/<id>/released  (200 once the workspace is unmounted: every write in S3;
                                       202 after 30 s of waiting)
     POST /v1/sessions/<id>/egress    (200 once the session's egress rule is in this node's kernel)
+    POST /v1/sessions/<id>/sync      (200 once every write the session made before is in S3)
 
 The contract of each (callers, answers, errors): docs/volume-service-protocol.md.
 """
@@ -48,8 +49,8 @@ from .volumes import VolumeManager
 
 CONTROL_PLANE_CN = "sandbox-host control plane"
 MAX_BODY = 40 << 20  # an /exec request: its stdin (base64) and arguments
-_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|seal|exec|released|egress)")
-METHODS = {"health": "GET", "seal": "POST", "exec": "POST", "released": "GET", "egress": "POST"}
+_PATH = re.compile(r"/v1/sessions/([^/]+)/(health|seal|exec|released|egress|sync)")
+METHODS = {"health": "GET", "seal": "POST", "exec": "POST", "released": "GET", "egress": "POST", "sync": "POST"}
 
 
 # How much a peer may hold of the gateway (connlimits.Limits):
@@ -184,6 +185,14 @@ class GatewayServer(connlimits.GuardedServer, ThreadingHTTPServer):
                 return 502, {"error": "this node's volume service guards no network", "kind": "network"}
             rule = self.netguard.admit(session_id=sid)
             return 200, {"address": str(rule.address), "policy": str(rule.policy)}
+        if what == "sync":
+            try:
+                request = json.loads(body or b"{}")
+                timeout = min(float(request.get("timeout", facts.DRAIN_TIMEOUT)), facts.DRAIN_TIMEOUT)
+            except (ValueError, TypeError, AttributeError, RecursionError):
+                return 400, {"error": "the request body is not a JSON object with a numeric timeout"}
+            self.manager.sync(sid, timeout)
+            return 200, {"synced": True}
         if what == "released":
             released, undrained = self.manager.wait_released(sid, timeout=30)
             return (200 if released else 202), {"released": released, "undrained": undrained}

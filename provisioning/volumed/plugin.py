@@ -1,7 +1,7 @@
 """Docker's volume plugin protocol (HTTP + JSON on a unix socket in /run/docker/plugins/),
 served for a :class:`VolumeManager`. Docker calls ``/VolumeDriver.*`` (Create, Mount, Unmount,
 Remove, Get...); `sandbox-host` on this host calls ``/SandboxHost.*`` (Settings, Egress, Network,
-Released; Wait and Volumes have no caller in the runtime).
+Released, Sync; Wait and Volumes have no caller in the runtime).
 
 Every call, who calls it, its answer, what it writes, how long it blocks and how it fails:
 docs/volume-service-protocol.md."""
@@ -20,6 +20,7 @@ from typing import Any
 from .. import facts
 from ..config import SERVICE_SETTINGS
 from ..errors import SandboxHostError
+from ..validation import session_id
 from .netguard import NetworkGuard
 from .volumes import VolumeManager
 
@@ -95,6 +96,7 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
             "/VolumeDriver.List": self._list,
             "/SandboxHost.Volumes": lambda _b: {"Volumes": [v.to_json() for v in manager.list()], "Err": ""},
             "/SandboxHost.Released": self._released,
+            "/SandboxHost.Sync": self._sync,
             "/SandboxHost.Settings": self._settings,
             "/SandboxHost.Egress": self._egress,
             "/SandboxHost.Network": lambda _b: {**(guard.status() if guard else {"Network": manager.settings.network,
@@ -159,6 +161,12 @@ class PluginServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
         released, undrained = self.manager.wait_released(str(body.get("Session", "")),
                                                          min(float(body.get("Timeout", 30)), facts.DRAIN_TIMEOUT + 60))
         return {"Released": released, "Undrained": undrained, "Err": ""}
+
+    def _sync(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Once every write the session made before the call is in S3 (the session runs on)."""
+        timeout = min(float(body.get("Timeout", facts.DRAIN_TIMEOUT)), facts.DRAIN_TIMEOUT)
+        self.manager.sync(session_id(str(body.get("Session", ""))), timeout)
+        return {"Err": ""}
 
     def _settings(self, _body: dict[str, Any]) -> dict[str, Any]:
         """What this service decides for the sessions it mounts (no secret): where their data

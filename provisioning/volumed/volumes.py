@@ -239,6 +239,14 @@ class VolumeManager:
             self.files.forget(name)
             self.workspaces.remove_dirs(name)
 
+    def sync(self, session_id: str, timeout: float) -> None:
+        """Return once every write the session made before the call is in S3 (``session sync``)."""
+        mine = [v for v in self.list() if v.kind == WORKSPACE and v.session_id == session_id and v.refs]
+        if not mine:
+            raise VolumeNotFound(f"no workspace of session {session_id} is mounted on this node")
+        for state in mine:
+            self.workspaces.sync(state, timeout)
+
     def wait_released(self, session_id: str, timeout: float) -> tuple[bool, builtins.list[str]]:
         """(released, undrained): released once no workspace of the session is mounted here
         (drained and unmounted); undrained names each of its workspaces whose writes did not all

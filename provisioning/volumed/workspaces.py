@@ -37,7 +37,7 @@ from . import fuseproc, mounters
 from .fuseproc import MountError
 from .quarantine import Quarantine
 from .staging import Staging, size_bytes
-from .state import StateFiles, VolumeState
+from .state import StateFiles, VolumeError, VolumeState
 from .store import ServiceStore
 
 MOUNT_TIMEOUT = 30.0
@@ -176,6 +176,13 @@ class Workspaces:
                                  f"{fuseproc.log_tail(log)}") from None
             raise MountError(f"the workspace is mounted but not usable ({exc.strerror or exc}): "
                              f"{fuseproc.log_tail(log)}") from None
+
+    def sync(self, state: VolumeState, timeout: float) -> None:
+        """Every write made before the call in S3 (the mounter's ``sync``), the session running."""
+        if state.status != "mounted":
+            why = f": {state.error}" if state.error else ""
+            raise VolumeError(f"the workspace {state.name} is {state.status}{why}")
+        self.mounter_for(state.mounter).sync(state.control, timeout)
 
     # -- teardown -----------------------------------------------------------------------------
     def teardown(self, state: VolumeState) -> bool:

@@ -236,17 +236,22 @@ def workspace_state(volume_service: Any, sid: str) -> dict[str, Any]:
 
 
 def host_leftovers(bucket: str, sid: str, state: dict[str, Any]) -> list[str]:
-    """What of a session's workspace is still on the host: its rclone, its mounts, its staging image."""
+    """What of a session's workspace is still on the host: its rclone or sync process, its
+    mounts, its staging image."""
     remote = f"{bucket}/{facts.session_prefix(sid)}".encode()
-    left = [f"rclone pid {p.name}" for p in Path("/proc").iterdir()
-            if p.name.isdigit() and _is_rclone_of(_cmdline(p).split(b"\0"), remote)]
+    left = [f"mounter pid {p.name}" for p in Path("/proc").iterdir()
+            if p.name.isdigit() and _is_mounter_of(_cmdline(p).split(b"\0"), remote)]
     staging = str(Path(state["staging"]).with_suffix(""))
     left += [f"mount {m.mount_point}" for m in mountinfo.read()
              if f"/{state['name']}/" in m.mount_point or m.mount_point == staging]
     return left + ([f"staging image {state['staging']}"] if Path(state["staging"]).exists() else [])
 
 
-def _is_rclone_of(argv: list[bytes], remote: bytes) -> bool:
+def _is_mounter_of(argv: list[bytes], remote: bytes) -> bool:
+    if b"provisioning.volumed.localsync" in argv:
+        bucket, prefix = remote.split(b"/", 1)
+        return b"--prefix" in argv and argv[argv.index(b"--prefix") + 1:][:1] == [prefix] \
+            and argv[argv.index(b"--bucket") + 1:][:1] == [bucket]
     return argv[0].rsplit(b"/", 1)[-1] == b"rclone" and any(a.endswith(b":" + remote) for a in argv)
 
 
@@ -258,15 +263,15 @@ def _cmdline(proc: Path) -> bytes:
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone"])
-def test_rclone_file_the_store_refuses_is_kept_aside_and_named_escaped(manager: SessionManager, settings: Settings,
+@pytest.mark.parametrize("mounter", ["rclone", "local"])
+def test_a_file_the_store_refuses_is_kept_aside_and_named_escaped(manager: SessionManager, settings: Settings,
                                                                         storage: SessionStorage, s3_store: Any,
                                                                         volume_service: Any,
                                                                         docker_engine: docker.DockerClient) -> None:
     """A file named with a newline and terminal escapes, next to a normal one. On the embedded
     endpoint, which refuses that key for good, `sandbox-host session stop` fails within seconds
     (not after the 300 s drain), naming the file escaped (one line, no escape character) and
-    where its bytes were kept, and leaves no rclone, mount or staging image behind. Ceph RGW
+    where its bytes were kept, and leaves no mounter, mount or staging image behind. Ceph RGW
     stores the name: the stop succeeds and the file is in S3."""
     sid = session_id()
     manager.create(sid)
@@ -322,8 +327,8 @@ class Outage:
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone"])
-def test_rclone_store_failing_refuses_nothing(manager: SessionManager, settings: Settings, storage: SessionStorage,
+@pytest.mark.parametrize("mounter", ["rclone", "local"])
+def test_a_store_failing_refuses_nothing(manager: SessionManager, settings: Settings, storage: SessionStorage,
                                               s3_store: Any, s3_server: Any, volume_service: Any) -> None:
     """The store answers 500 to the session's keys while a stop drains: no file counts as
     refused, the stop waits (as for any write the store does not take yet); once the store
@@ -355,12 +360,13 @@ def test_rclone_store_failing_refuses_nothing(manager: SessionManager, settings:
 
 
 # How soon a file put into S3 from outside shows in a directory the session listed already:
-# s3fs lists S3 on every readdir; rclone trusts a listing for its dir-cache-time (5 s).
-VISIBLE_WITHIN = {"s3fs": 1.0, "rclone": 5.0}
+# s3fs lists S3 on every readdir; rclone trusts a listing for its dir-cache-time (5 s); the
+# local-first workspace lists the prefix every 2 s (localsync.PULL_EVERY) and downloads.
+VISIBLE_WITHIN = {"s3fs": 1.0, "rclone": 5.0, "local": 3.0}
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["s3fs", "rclone"])
+@pytest.mark.parametrize("mounter", ["s3fs", "rclone", "local"])
 def test_file_put_from_outside_shows_within_the_stated_time(manager: SessionManager, storage: SessionStorage,
                                                             mounter: str) -> None:
     sid = session_id()

@@ -1,4 +1,5 @@
-"""The executor app outside a container: it must refuse to run when /workspace is not a FUSE mount."""
+"""The executor app outside a container: it must refuse to run until /workspace is the session's
+mount (FUSE, or a mount made over the volume Docker bound there)."""
 
 import importlib.util
 import socketserver
@@ -26,7 +27,28 @@ def load_app():
 def test_health_says_plain_directory_is_not_a_mount(tmp_path: Path) -> None:
     health = load_app().workspace_health(str(tmp_path))
     assert health["ok"] is False and health["workspace_mounted"] is False
-    assert "not a FUSE mount" in health["detail"]
+    assert "is not mounted yet" in health["detail"]
+
+
+def test_health_takes_a_mount_over_the_volumes_bind_and_not_the_bind_alone(tmp_path: Path) -> None:
+    """The local-first workspace: Docker binds the volume's directory at /workspace, then the
+    session's filesystem is mounted over it on the host and propagates in. Only the second counts."""
+    import subprocess
+
+    workspace, volume, files = tmp_path / "ws", tmp_path / "volume", tmp_path / "files"
+    for path in (workspace, volume, files):
+        path.mkdir()
+    subprocess.run(["mount", "--bind", str(volume), str(workspace)], check=True)
+    try:
+        assert load_app().workspace_health(str(workspace))["ok"] is False  # the volume, not mounted over
+        subprocess.run(["mount", "--bind", str(files), str(workspace)], check=True)
+        try:
+            health = load_app().workspace_health(str(workspace))
+            assert health["ok"] is True and health["workspace_mounted"] is True
+        finally:
+            subprocess.run(["umount", str(workspace)], check=True)
+    finally:
+        subprocess.run(["umount", str(workspace)], check=True)
 
 
 def test_runner_returns_when_command_exits_even_if_children_hold_pipes(tmp_path: Path) -> None:
@@ -82,7 +104,7 @@ def test_served_exec_is_refused_without_mount(tmp_path: Path) -> None:
     try:
         client = ExecutorClient(control, "", ProcessRef.of(proc.pid))
         assert client.health()["ok"] is False
-        with pytest.raises(WorkspaceUnavailable, match="not a FUSE mount"):
+        with pytest.raises(WorkspaceUnavailable, match="is not mounted yet"):
             client.exec(argv=["touch", "lost"])
         assert list(workspace.iterdir()) == []
     finally:

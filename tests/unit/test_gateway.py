@@ -377,6 +377,19 @@ def test_seal_of_a_session_not_on_this_node_is_not_found(manager: VolumeManager,
         assert (status, answer["kind"]) == (404, "not-found")
 
 
+def test_sync_of_a_session_not_on_this_node_is_not_found_and_a_bad_body_is_refused(manager: VolumeManager,
+                                                                                   fleet: Fleet) -> None:
+    with serving(manager, fleet) as server:
+        remote = RemoteExecutor("127.0.0.1", server.server_port, UNKNOWN_SESSION, client_context(*fleet.control_plane))
+        status, answer, _peer = remote.request("POST", "/sync", {"timeout": 5}, timeout=5)
+        assert (status, answer["kind"]) == (404, "not-found")
+        assert "is mounted on this node" in answer["error"]
+        status, answer, _peer = remote.request("POST", "/sync", {"timeout": "soon"}, timeout=5)
+        assert status == 400 and "numeric timeout" in answer["error"]
+        status, answer, _peer = remote.request("GET", "/sync", timeout=5)
+        assert status == 405
+
+
 # -- the control plane's side (SwarmBackend._wait_ready) ---------------------------------------
 class FakeNode:
     """A node's gateway as the control plane sees it: scripted answers, each call recorded."""

@@ -25,7 +25,7 @@ from provisioning.validation import SessionId
 from provisioning.volumed.fuseproc import MountError
 from provisioning.volumed.mounters import HeldFile, MountCommand, MountTarget, Refuses
 from provisioning.volumed.staging import Staging
-from provisioning.volumed.volumes import VolumeError, VolumeManager
+from provisioning.volumed.volumes import VolumeError, VolumeManager, VolumeNotFound
 
 SID = "abc"
 UID = 1900000005
@@ -118,6 +118,7 @@ class FakeMounter:
     name: str = "s3fs"
     targets: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
     drained: int = 0
+    synced: int = 0
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         self.targets.append((target, credentials))
@@ -135,6 +136,11 @@ class FakeMounter:
             if not refuses(held):
                 raise MountError("1 upload still pending")
         return []
+
+    def sync(self, control: str, timeout: float) -> None:
+        self.synced += 1
+        if self.drains == "fail":
+            raise MountError("2 uploads still pending")
 
     def check(self) -> None:
         pass
@@ -320,3 +326,18 @@ def test_a_volume_left_mounting_fails_and_gives_its_staging_area_back(host: Host
     assert (state.status, state.error) == ("failed", "the volume service stopped while mounting")
     assert host.staging.kept == set()  # its area is not kept: the pool discards it as a spare
     first.wait(NAME)
+
+
+def test_a_sync_asks_the_mounter_of_each_live_workspace_of_the_session(host: Host) -> None:
+    with pytest.raises(VolumeNotFound, match="no workspace of session abc is mounted on this node"):
+        host.service().sync(SID, 5)
+    manager, _ref = mounted(host)
+    manager.sync(SID, 5)
+    assert host.mounter.synced == 1
+    host.mounter.drains = "fail"
+    with pytest.raises(MountError, match="2 uploads still pending"):
+        manager.sync(SID, 5)
+    host.runner.procs[manager.mountpoint(NAME)].kill()
+    poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
+    with pytest.raises(VolumeError, match=f"the workspace {NAME} is failed: s3fs exited"):
+        manager.sync(SID, 5)

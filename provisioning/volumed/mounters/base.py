@@ -62,6 +62,10 @@ class Mounter(Protocol):
         caller keeps their bytes); raise MountError if neither happens within ``timeout``.
         Called after the last container left, before unmount."""
 
+    def sync(self, control: str, timeout: float) -> None:
+        """Return once every write made through the mount before the call is in S3; MountError
+        naming what is not after ``timeout``. The session keeps running (``session sync``)."""
+
     def check(self) -> None:
         """Raise MountError naming the fix when this host cannot run the mounter."""
 

@@ -127,6 +127,10 @@ class RcloneMounter:
                                  "they stay in its cache")
             time.sleep(0.05)
 
+    def sync(self, control: str, timeout: float) -> None:
+        """Until rclone's upload queue is empty (files still being written keep it busy)."""
+        self.drain(control, timeout, lambda _held: False)
+
     @staticmethod
     def stats(control: str) -> dict[str, Any]:
         ctl = json.loads(control)

@@ -30,6 +30,9 @@ class S3fsMounter:
         refused failed), and it finishes what is pending before it exits (the teardown waits)."""
         return []
 
+    def sync(self, control: str, timeout: float) -> None:
+        """Nothing to wait for: s3fs uploads each file when it is closed (or fsynced)."""
+
     def check(self) -> None:
         if shutil.which(self.binary) is None:  # a name on PATH, or the private runtime's path
             raise MountError("s3fs is not installed on this host; run playbooks/s3fs.yml")
