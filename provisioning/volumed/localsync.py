@@ -219,10 +219,12 @@ class Mirror:
     """The tree and the objects under ``prefix``, kept alike from the tree's side."""
 
     def __init__(self, s3: Any, bucket: str, prefix: str, tree: Tree, uid: int, gid: int,
-                 log: Callable[[str], None] = lambda _m: None) -> None:
+                 log: Callable[[str], None] = lambda _m: None, index: Path | None = None) -> None:
         self.s3, self.bucket, self.prefix, self.tree = s3, bucket, prefix, tree
         self.uid, self.gid = uid, gid
         self._log = log
+        self.index = index  # where synced and remote are kept across a crash (root's, beside the tree)
+        self._saved: tuple[dict[str, Entry], dict[str, str]] | None = None
         self.synced: dict[str, Entry] = {}  # what S3 holds, as of the last round, for each path
         self.remote: dict[str, str] = {}  # each key's ETag as last seen (put by us, or pulled)
         self._lock = threading.Lock()  # one round at a time
@@ -230,6 +232,37 @@ class Mirror:
 
     def key(self, rel: str, kind: str) -> str:
         return f"{self.prefix}/{rel}/" if kind == DIR else f"{self.prefix}/{rel}"
+
+    # -- the index: what S3 holds, kept on disk so that a new process resumes exactly -------------
+    def save(self) -> None:
+        """Write the index if it changed (atomically, 0600, fsynced: after a crash it says what
+        S3 held as of the last round)."""
+        if self.index is None or self._saved == (self.synced, self.remote):
+            return
+        data = {"synced": {rel: [e.kind, e.size, e.mtime_ns, e.mode] for rel, e in self.synced.items()},
+                "remote": self.remote}
+        tmp = self.index.with_suffix(".tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as out:
+            json.dump(data, out)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, self.index)
+        self._saved = (dict(self.synced), dict(self.remote))
+
+    def resume(self) -> bool:
+        """Take the index a previous process left: False if there is none (then this one knows
+        nothing of S3: its rounds put every path and delete nothing, and a pull keeps both sides
+        of every path that differs)."""
+        if self.index is None or not self.index.exists():
+            return False
+        data = json.loads(self.index.read_text())
+        with self._lock:
+            self.synced = {rel: Entry(str(k), int(size), int(mtime), int(mode))
+                           for rel, (k, size, mtime, mode) in data["synced"].items()}
+            self.remote = {str(k): str(v) for k, v in data["remote"].items()}
+            self._saved = (dict(self.synced), dict(self.remote))
+        return True
 
     def listing(self) -> dict[str, dict[str, Any]]:
         pages = self.s3.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=f"{self.prefix}/")
@@ -275,6 +308,7 @@ class Mirror:
         with self._lock:
             self.synced = {rel: e for rel, e in self.tree.scan().items() if self.key(rel, e.kind) in objects}
             self.remote = {key: str(o["ETag"]) for key, o in objects.items()}
+            self.save()
         return len(files)
 
     def _download(self, rel: str, key: str, listed: dict[str, Any]) -> None:
@@ -323,6 +357,7 @@ class Mirror:
                     failures.append(Failure(rel, outcome))
             if gone:
                 failures += self._delete(gone)
+            self.save()
             return failures
 
     def _put(self, rel: str, entry: Entry) -> tuple[Entry, str] | str:
@@ -424,6 +459,7 @@ class Mirror:
                     self.tree.remove(rel)
                 del self.synced[rel]
                 self._log(f"removed {rel!r}: deleted from S3")
+            self.save()
         return failures
 
     def _pull_one(self, rel: str, kind: str, key: str, etag: str, listed: dict[str, Any],
@@ -433,6 +469,9 @@ class Mirror:
                 self.tree.make_dirs(rel, self.uid, self.gid)
             return
         here, synced = current.get(rel), self.synced.get(rel)
+        if here is not None and here != synced and self._same_bytes(rel, here, listed):
+            self.synced[rel] = here  # already alike (a resume without an index): nothing to do
+            return
         if here is not None and here != synced:
             beside = f"{rel}.conflict-{etag.strip(chr(34))[:12]}"
             self._download(beside, key, listed)
@@ -442,6 +481,23 @@ class Mirror:
         entry = self.tree.scan_one(rel)
         if entry is not None:
             self.synced[rel] = entry
+
+    def _same_bytes(self, rel: str, here: Entry, listed: dict[str, Any]) -> bool:
+        """Whether the tree's file holds the object's bytes (by the MD5 a single-part ETag is)."""
+        import hashlib
+
+        etag = str(listed["ETag"]).strip('"')
+        if here.kind != FILE or here.size != int(listed["Size"]) or len(etag) != 32 or "-" in etag:
+            return False
+        digest = hashlib.md5(usedforsecurity=False)
+        try:
+            fd = self.tree.open(rel)
+        except OSError:
+            return False
+        with os.fdopen(fd, "rb") as source:
+            for chunk in iter(lambda: source.read(1 << 20), b""):
+                digest.update(chunk)
+        return digest.hexdigest() == etag
 
     def verify(self) -> list[Failure]:
         """What the server lacks of the last round's tree (each path, and why)."""
@@ -558,6 +614,23 @@ class Syncer:
         return 1 if self.failures else 0
 
 
+def flush_until(mirror: Mirror, deadline: float, log: Callable[[str], None]) -> int:
+    """What others put first (a conflict keeps both sides), then rounds until everything is in
+    S3: 0, or 1 once ``deadline`` passed (each failure logged)."""
+    failures = mirror.pull()
+    while True:
+        failures = failures or mirror.flush()
+        if not failures:
+            log("everything is in S3")
+            return 0
+        if time.monotonic() > deadline:
+            for failure in failures:
+                log(f"not in S3: {failure}")
+            return 1
+        time.sleep(1)
+        failures = []
+
+
 def bind(source: Path, mountpoint: Path) -> None:
     """The tree onto the volume's mount point (it propagates into the session's container):
     nosuid and nodev, as the staging area, but exec (a venv's scripts, a build's binaries)."""
@@ -571,6 +644,12 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{name}", required=True)
     parser.add_argument("--uid", type=int, required=True)
     parser.add_argument("--gid", type=int, required=True)
+    parser.add_argument("--index", required=True)
+    parser.add_argument("--resume", action="store_true",
+                        help="the tree is there (a previous process died): take its index, do not hydrate")
+    parser.add_argument("--once", type=float, metavar="TIMEOUT",
+                        help="no mount, no control socket: pull, then flush until everything is in S3 "
+                             "(exit 0) or TIMEOUT seconds passed (exit 1)")
     args = parser.parse_args(argv)
 
     def log(message: str) -> None:
@@ -586,10 +665,15 @@ def main(argv: list[str] | None = None) -> int:
                       config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=5,
                                                     read_timeout=60, max_pool_connections=WORKERS,
                                                     retries={"max_attempts": 5, "mode": "standard"}))
-    mirror = Mirror(s3, args.bucket, args.prefix, Tree(Path(args.source)), args.uid, args.gid, log)
+    mirror = Mirror(s3, args.bucket, args.prefix, Tree(Path(args.source)), args.uid, args.gid, log,
+                    index=Path(args.index))
     started = time.monotonic()
-    count = mirror.hydrate()
-    log(f"hydrated {count} file(s) in {time.monotonic() - started:.3f}s")
+    if args.resume:
+        log("resumed from the last index" if mirror.resume() else "no index left: every path is put, none deleted")
+    else:
+        log(f"hydrated {mirror.hydrate()} file(s) in {time.monotonic() - started:.3f}s")
+    if args.once is not None:
+        return flush_until(mirror, started + args.once, log)
     syncer = Syncer(mirror, Path(args.control), log)
     threading.Thread(target=syncer.serve_control, name="control", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_a: syncer.stop.set())

@@ -196,8 +196,14 @@ class Workspaces:
         ref = state.process
         if state.control:
             try:
-                refused = self.mounter_for(state.mounter).drain(
-                    state.control, facts.DRAIN_TIMEOUT, lambda held: self.store.refuses(state.session_id, held))
+                try:
+                    refused = self.mounter_for(state.mounter).drain(
+                        state.control, facts.DRAIN_TIMEOUT, lambda held: self.store.refuses(state.session_id, held))
+                except MountError:
+                    if ref is not None and ref.alive():
+                        raise
+                    self._recover(state)  # the mounter died: what it left goes to S3 without it
+                    refused = []
                 kept = self.quarantine.keep(state.name, refused)
             except MountError as exc:
                 state.status = "failed"
@@ -230,6 +236,19 @@ class Workspaces:
         state.control = ""
         self._release_staging(state)
         return True
+
+    def _recover(self, state: VolumeState) -> None:
+        """The mounter's ``recover``, with fresh credentials (the dead process's may have expired)."""
+        if not state.staging:
+            raise MountError("no staging area is left to recover from")
+        sid = validation.session_id(state.session_id)
+        image = Path(state.staging)
+        target = mounters.MountTarget(sid, self.mountpoint(state.name), state.uid, state.gid,
+                                      Staging(image, image.with_suffix("")), size_bytes(self.settings.staging_size))
+        self._log(f"{state.name}: {state.mounter} is gone; recovering what it left")
+        self.mounter_for(state.mounter).recover(self.settings, target, self.mint(self.settings, sid),
+                                                facts.DRAIN_TIMEOUT)
+        self._log(f"{state.name}: recovered: everything it held is in S3")
 
     def _release_staging(self, state: VolumeState) -> None:
         if state.staging:

@@ -3,7 +3,10 @@ capped host filesystem, S3 kept up to date behind them (provisioning/volumed/loc
 
 from __future__ import annotations
 
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,7 +18,7 @@ from provisioning.storage import SessionStorage
 
 from ..conftest import Store, session_id
 from .conftest import cli
-from .test_sessions import run_ok
+from .test_sessions import run_ok, workspace_state
 from .test_workspace_conformance import LOCAL_DISK, probe_matches
 
 pytestmark = [pytest.mark.parametrize("strategy", ["host"]), pytest.mark.parametrize("mounter", ["local"])]
@@ -106,6 +109,35 @@ def test_session_sync_returns_once_everything_written_is_in_s3(manager: SessionM
     manager.stop(sid)
     with pytest.raises(SessionError, match="no session"):
         manager.sync(sid)
+
+
+def test_a_killed_sync_process_loses_nothing_at_stop(manager: SessionManager, storage: SessionStorage,
+                                                     volume_service: Any) -> None:
+    """kill -9 of the session's sync process: the session's files stay on its filesystem and
+    user code goes on; the stop sends what the dead process had not (from its index: a deletion
+    too), then removes the filesystem."""
+    sid = session_id()
+    manager.create(sid)
+    run_ok(manager, sid, "open('artifacts/before.txt', 'w').write('1'); open('artifacts/doomed.txt', 'w').write('x')")
+    manager.sync(sid)
+    state = workspace_state(volume_service, sid)
+    os.kill(state["pid"], signal.SIGKILL)
+    run_ok(manager, sid, """
+        import os
+        open('artifacts/after.txt', 'w').write('2')
+        os.remove('artifacts/doomed.txt')
+        os.makedirs('artifacts/many')
+        for i in range(100):
+            open(f'artifacts/many/{i}.txt', 'w').write(str(i))
+    """)
+    assert manager.stop(sid, timeout=60) in (0, 143)
+    stored = listing(storage, sid)
+    assert "artifacts/doomed.txt" not in stored
+    assert storage.get_bytes(sid, "artifacts", "before.txt") == b"1"
+    assert storage.get_bytes(sid, "artifacts", "after.txt") == b"2"
+    assert all(f"artifacts/many/{i}.txt" in stored for i in range(100))
+    assert not Path(state["staging"]).exists()
+    assert "recovered: everything it held is in S3" in volume_service.log.read_text()
 
 
 def test_the_workspace_is_capped_and_the_cap_is_enospc(manager: SessionManager, storage: SessionStorage) -> None:

@@ -187,3 +187,42 @@ def test_what_others_put_or_delete_comes_in_and_a_conflict_keeps_both(s3: tuple[
         "kept.txt": b"kept v2 here", "uploads/": b"", "uploads/new/": b"", "uploads/new/data.csv": b"a,b"}
     assert stored[f"{conflict.name}"] == b"both v2 there"
     assert mirror.pull() == [] and mirror.sync() == []  # settled: nothing comes or goes again
+
+
+def test_a_new_process_resumes_from_the_index_exactly(s3: tuple[Any, str], tmp_path: Path) -> None:
+    """The sync process killed after the tree changed: the next one, from the index the last
+    round left, puts the changes and deletes what went, as if nothing had happened."""
+    client, bucket = s3
+    root, index = tmp_path / "ws", tmp_path / "index.json"
+    first = Mirror(client, bucket, PREFIX, Tree(root), UID, GID, index=index)
+    first.hydrate()
+    (root / "a.txt").write_text("a")
+    (root / "b.txt").write_text("b")
+    assert first.sync() == [] and stat.S_IMODE(index.stat().st_mode) == 0o600
+    (root / "a.txt").write_text("a, changed")  # then the process dies, before a round
+    (root / "b.txt").unlink()
+    second = Mirror(client, bucket, PREFIX, Tree(root), UID, GID, index=index)
+    assert second.resume() and second.pull() == [] and second.flush() == []
+    assert objects(client, bucket) == {"a.txt": b"a, changed"}
+
+
+def test_without_an_index_a_resume_loses_nothing_and_copies_nothing_alike(s3: tuple[Any, str],
+                                                                          tmp_path: Path) -> None:
+    client, bucket = s3
+    root = tmp_path / "ws"
+    first = Mirror(client, bucket, PREFIX, Tree(root), UID, GID)
+    first.hydrate()
+    for name in ("same.txt", "changed.txt", "deleted.txt"):
+        (root / name).write_text(name)
+    assert first.sync() == []
+    (root / "changed.txt").write_text("changed here")
+    (root / "deleted.txt").unlink()
+    second = Mirror(client, bucket, PREFIX, Tree(root), UID, GID, index=tmp_path / "none.json")
+    assert not second.resume()
+    assert second.pull() == [] and second.flush() == []
+    names = sorted(p.name for p in root.iterdir())
+    # Alike: left alone. Changed: both kept. Deleted here: it comes back (not knowing is not deleting).
+    assert names[:2] == ["changed.txt", "changed.txt.conflict-" + names[1].rsplit("-", 1)[1]]
+    assert names[2:] == ["deleted.txt", "same.txt"]
+    assert (root / "changed.txt").read_text() == "changed here" and (root / names[1]).read_text() == "changed.txt"
+    assert objects(client, bucket)["changed.txt"] == b"changed here"

@@ -119,6 +119,7 @@ class FakeMounter:
     targets: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
     drained: int = 0
     synced: int = 0
+    recovered: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         self.targets.append((target, credentials))
@@ -141,6 +142,12 @@ class FakeMounter:
         self.synced += 1
         if self.drains == "fail":
             raise MountError("2 uploads still pending")
+
+    def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
+                timeout: float) -> None:
+        self.recovered.append((target, credentials))
+        if self.drains == "fail":
+            raise MountError("the recovery could not send 2 files")
 
     def check(self) -> None:
         pass
@@ -341,3 +348,22 @@ def test_a_sync_asks_the_mounter_of_each_live_workspace_of_the_session(host: Hos
     poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
     with pytest.raises(VolumeError, match=f"the workspace {NAME} is failed: s3fs exited"):
         manager.sync(SID, 5)
+
+
+@pytest.mark.parametrize("recovery", ["works", "fails"])
+def test_what_a_dead_mounter_left_is_recovered_before_its_staging_area_goes(host: Host, recovery: str) -> None:
+    host.mounter.control = "127.0.0.1:1 login"
+    manager, ref = mounted(host)
+    host.runner.procs[manager.mountpoint(NAME)].kill()
+    poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
+    host.mounter.drains = "fail" if recovery == "fails" else "held"  # the drain cannot reach a dead process
+    host.store.refuses_all = False
+    manager.unmount(NAME, "container-1")
+    [(target, credentials)] = host.mounter.recovered
+    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC"
+    assert host.minted == [SID, SID]  # fresh credentials: the dead process's may have expired
+    state = manager.get(NAME)
+    if recovery == "works":
+        assert host.staging.released == host.staging.taken and state.undrained == ""
+    else:
+        assert host.staging.released == [] and "the recovery could not send 2 files" in state.undrained

@@ -66,6 +66,11 @@ class Mounter(Protocol):
         """Return once every write made through the mount before the call is in S3; MountError
         naming what is not after ``timeout``. The session keeps running (``session sync``)."""
 
+    def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
+                timeout: float) -> None:
+        """After the mounter process died: get what it left on host disk to S3 without it (the
+        mount is no longer used); MountError if that cannot be done."""
+
     def check(self) -> None:
         """Raise MountError naming the fix when this host cannot run the mounter."""
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from ..fuseproc import MountError
 from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env
 
 WORKSPACE_DIR = "ws"  # the tree, in the staging area (which also holds the control socket)
+INDEX = "sync-index.json"  # what S3 holds as of the last round, beside the tree
 STALLED_AFTER, ASK_EVERY = 2.0, 5.0  # when to ask the store whether it refuses the files left, and again
 
 
@@ -30,7 +32,8 @@ class LocalMounter:
                 "--endpoint", settings.s3_endpoint, "--region", settings.region, "--bucket", settings.bucket,
                 "--prefix", facts.session_prefix(target.session_id),
                 "--source", source, "--mountpoint", str(target.mountpoint),
-                "--control", str(control), "--uid", str(target.uid), "--gid", str(target.gid)]
+                "--control", str(control), "--uid", str(target.uid), "--gid", str(target.gid),
+                "--index", str(target.staging.mountpoint / INDEX)]
         return MountCommand(argv, aws_env(credentials), json.dumps({"socket": str(control), "source": source}))
 
     def verify(self, control: str, timeout: float) -> None:
@@ -75,6 +78,20 @@ class LocalMounter:
         answer = ask(control, "flush", timeout)
         if not answer.get("ok"):
             raise MountError(f"not in S3: {_named(answer)}")
+
+    def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
+                timeout: float) -> None:
+        """A new sync process, once, from the index the dead one left: what others put comes in
+        (both sides kept where both changed), then everything in the tree goes to S3."""
+        argv = [*self.command(settings, target, credentials).argv, "--resume", "--once", str(timeout)]
+        try:
+            done = subprocess.run(argv, env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", **aws_env(credentials)},
+                                  capture_output=True, timeout=timeout + 30, start_new_session=True)
+        except subprocess.TimeoutExpired:
+            raise MountError(f"the recovery of the workspace's files did not end in {timeout + 30:g}s") from None
+        if done.returncode != 0:
+            last = [line for line in done.stderr.decode(errors="replace").splitlines() if line.strip()][-3:]
+            raise MountError(f"the workspace's files could not all be sent to S3: {printable(' | '.join(last))}")
 
     def check(self) -> None:
         """Nothing to install: the sync process is this package's own."""

@@ -144,6 +144,10 @@ class RcloneMounter:
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise MountError(f"rclone's remote control at {ctl['addr']} does not answer: {exc}") from None
 
+    def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
+                timeout: float) -> None:
+        raise MountError("rclone keeps nothing it could send without its process")
+
     def check(self) -> None:
         if shutil.which(self.binary) is None:
             raise MountError("rclone is not installed on this host (mounter = \"rclone\"); set "

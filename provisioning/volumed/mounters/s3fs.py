@@ -33,6 +33,10 @@ class S3fsMounter:
     def sync(self, control: str, timeout: float) -> None:
         """Nothing to wait for: s3fs uploads each file when it is closed (or fsynced)."""
 
+    def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
+                timeout: float) -> None:
+        raise MountError("s3fs keeps nothing it could send without its process")
+
     def check(self) -> None:
         if shutil.which(self.binary) is None:  # a name on PATH, or the private runtime's path
             raise MountError("s3fs is not installed on this host; run playbooks/s3fs.yml")
