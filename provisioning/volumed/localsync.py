@@ -239,7 +239,8 @@ class Mirror:
         S3 held as of the last round)."""
         if self.index is None or self._saved == (self.synced, self.remote):
             return
-        data = {"synced": {rel: [e.kind, e.size, e.mtime_ns, e.mode] for rel, e in self.synced.items()},
+        data = {"bucket": self.bucket, "prefix": self.prefix, "uid": self.uid, "gid": self.gid,
+                "synced": {rel: [e.kind, e.size, e.mtime_ns, e.mode] for rel, e in self.synced.items()},
                 "remote": self.remote}
         tmp = self.index.with_suffix(".tmp")
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)

@@ -78,8 +78,15 @@ class Staging:
             except StagingError:
                 _run(["umount", "-l", str(self.mountpoint)])  # the loop device goes when the last user does
         self.image.unlink(missing_ok=True)
+        self.index.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.mountpoint.rmdir()
+
+    @property
+    def index(self) -> Path:
+        """Beside the image, on host disk: the local-first workspace's sync index (what S3 holds
+        of the files in the image). Its presence marks an image whose files may not all be in S3."""
+        return self.image.with_suffix(".index.json")
 
 
 class StagingPool:
@@ -101,8 +108,15 @@ class StagingPool:
         start making spares."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
         for leftover in sorted(self.root.glob("*.img")):
-            if leftover not in keep:
-                self.release(leftover)
+            if leftover in keep:
+                continue
+            if Staging(leftover, leftover.with_suffix("")).index.exists():
+                # A local-first workspace no live volume claims (the host restarted): its files may
+                # not all be in S3. Never removed here; docs/operations.md says how to recover it.
+                self._log(f"kept {leftover}: a session's files that may not all be in S3 (its index "
+                          f"{leftover.with_suffix('.index.json')} names the session's prefix)")
+                continue
+            self.release(leftover)
         threading.Thread(target=self._fill, name="staging-pool", daemon=True).start()
         self._wanted.set()
 

@@ -367,3 +367,20 @@ def test_what_a_dead_mounter_left_is_recovered_before_its_staging_area_goes(host
         assert host.staging.released == host.staging.taken and state.undrained == ""
     else:
         assert host.staging.released == [] and "the recovery could not send 2 files" in state.undrained
+
+
+def test_a_leftover_staging_area_with_a_sync_index_is_never_removed_at_start(tmp_path: Path) -> None:
+    """After a host restart no live volume claims a local-first workspace's image; its files may
+    not all be in S3, so the pool keeps it (and says so), and discards only plain spares."""
+    from provisioning.volumed.staging import StagingPool
+
+    root = tmp_path / "staging"
+    root.mkdir()
+    for name in ("spare", "workspace", "live"):
+        (root / f"{name}.img").write_bytes(b"")
+    (root / "workspace.index.json").write_text("{}")
+    logged: list[str] = []
+    StagingPool(root, "1g", spares=0, log=logged.append).start({root / "live.img"})
+    assert sorted(p.name for p in root.iterdir()) == ["live.img", "workspace.img", "workspace.index.json"]
+    assert logged == [f"kept {root / 'workspace.img'}: a session's files that may not all be in S3 (its index "
+                      f"{root / 'workspace.index.json'} names the session's prefix)"]

@@ -18,7 +18,6 @@ from ..fuseproc import MountError
 from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env
 
 WORKSPACE_DIR = "ws"  # the tree, in the staging area (which also holds the control socket)
-INDEX = "sync-index.json"  # what S3 holds as of the last round, beside the tree
 STALLED_AFTER, ASK_EVERY = 2.0, 5.0  # when to ask the store whether it refuses the files left, and again
 
 
@@ -33,7 +32,7 @@ class LocalMounter:
                 "--prefix", facts.session_prefix(target.session_id),
                 "--source", source, "--mountpoint", str(target.mountpoint),
                 "--control", str(control), "--uid", str(target.uid), "--gid", str(target.gid),
-                "--index", str(target.staging.mountpoint / INDEX)]
+                "--index", str(target.staging.index)]
         return MountCommand(argv, aws_env(credentials), json.dumps({"socket": str(control), "source": source}))
 
     def verify(self, control: str, timeout: float) -> None:
