@@ -396,26 +396,25 @@ class Mirror:
             return f"S3 refused it: {exc}"
 
     def _delete(self, gone: list[tuple[str, Entry]]) -> list[Failure]:
+        """One DeleteObject per key, side by side: Ceph RGW refuses a multi-object delete
+        (POST ?delete) to a session policy that allows s3:DeleteObject on its keys."""
         import botocore.exceptions
 
-        failures = []
-        for start in range(0, len(gone), 1000):
-            batch = gone[start:start + 1000]
+        def delete(item: tuple[str, Entry]) -> str:
             try:
-                answer = self.s3.delete_objects(Bucket=self.bucket, Delete={
-                    "Objects": [{"Key": self.key(rel, e.kind)} for rel, e in batch], "Quiet": True})
+                self.s3.delete_object(Bucket=self.bucket, Key=self.key(item[0], item[1].kind))
             except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:
-                failures.append(Failure("", f"cannot delete {len(batch)} object(s): {exc}", held=False))
+                return str(exc)
+            return ""
+
+        failures = []
+        for (rel, entry), error in zip(gone, self._pool.map(delete, gone), strict=True):
+            if error:
+                failures.append(Failure(rel, f"S3 refused its deletion: {error}", held=False))
                 continue
-            refused = {e["Key"]: e.get("Message", e.get("Code", "")) for e in answer.get("Errors", [])}
-            for rel, entry in batch:
-                key = self.key(rel, entry.kind)
-                if key in refused:
-                    failures.append(Failure(rel, f"S3 refused its deletion: {refused[key]}", held=False))
-                else:
-                    self.remote.pop(key, None)
-                    if self.synced.get(rel) == entry:  # not if the path's new kind was put meanwhile
-                        del self.synced[rel]
+            self.remote.pop(self.key(rel, entry.kind), None)
+            if self.synced.get(rel) == entry:  # not if the path's new kind was put meanwhile
+                del self.synced[rel]
         return failures
 
     # -- what others put ------------------------------------------------------------------------

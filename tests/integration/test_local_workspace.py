@@ -38,7 +38,7 @@ def listing(storage: SessionStorage, sid: str) -> dict[str, Any]:
 
 def test_workspace_conformance_with_local(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
     assert manager.settings.mounter == "local"
-    sid = probe_matches(manager, storage, {**LOCAL_DISK, **LOCAL_LIMITATIONS})
+    sid = probe_matches(manager, storage, {**LOCAL_DISK, **LOCAL_LIMITATIONS}, outside_within=5)
     if s3_store.name == "moto":
         # The embedded endpoint cannot store a key with a newline (in test_sessions: such a file
         # is kept aside at stop, and named).

@@ -61,13 +61,22 @@ LIMITATIONS: dict[str, object] = {
 EMBEDDED_ENDPOINT_LIMITATIONS: dict[str, object] = {"file name with a newline": "ENOENT"}
 
 
-def probe_matches(manager: SessionManager, storage: SessionStorage, expected: dict[str, object]) -> str:
-    """Run the probe in a new session (with a key put from outside first); assert that every
-    behaviour is as expected. Returns the session's id."""
+def probe_matches(manager: SessionManager, storage: SessionStorage, expected: dict[str, object],
+                  outside_within: float = 0.0) -> str:
+    """Run the probe in a new session (with a key put from outside first, given ``outside_within``
+    seconds to show); assert that every behaviour is as expected. Returns the session's id."""
     sid = session_id()
     manager.create(sid)
     storage.client.put_object(Bucket=storage.settings.bucket, Key=f"{facts.session_prefix(sid)}/uploads/deep/x.txt",
                               Body=b"from outside")
+    if outside_within:
+        shown = manager.exec(sid, argv=["python3", "-c", (
+            "import os, sys, time\n"
+            f"deadline = time.monotonic() + {outside_within}\n"
+            "while not os.path.exists('/workspace/uploads/deep/x.txt') and time.monotonic() < deadline:\n"
+            "    time.sleep(0.05)\n"
+            "sys.exit(0 if os.path.exists('/workspace/uploads/deep/x.txt') else 1)")])
+        assert shown.exit_code == 0, f"a key put from outside did not show within {outside_within} s"
     result = manager.exec(sid, argv=["python3", "-"], stdin=PROBE, timeout=300)
     assert result.exit_code == 0, result.stderr.decode()
     observed = json.loads(result.stdout)
