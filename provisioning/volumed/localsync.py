@@ -51,6 +51,9 @@ FILE, DIR, LINK = "file", "dir", "link"
 ROUND_EVERY = 1.0
 PULL_EVERY = 2.0  # outside writes (the platform's uploads) appear within this and a round
 SINGLE_PUT_MAX = 64 << 20  # larger files go up in parts (s3transfer)
+ROUND_BUDGET = 2.0  # a background round spends at most about this (then outside writes get their turn)
+BATCH = 256  # paths put side by side before the budget is looked at again
+FLUSH_ROUNDS = 10
 WORKERS = 16
 DEFAULT_DIR_MODE, DEFAULT_FILE_MODE = 0o750, 0o640  # objects s3fs did not describe (the platform's)
 MAX_NAME = 255
@@ -227,6 +230,7 @@ class Mirror:
         self._saved: tuple[dict[str, Entry], dict[str, str]] | None = None
         self.synced: dict[str, Entry] = {}  # what S3 holds, as of the last round, for each path
         self.remote: dict[str, str] = {}  # each key's ETag as last seen (put by us, or pulled)
+        self.pending = 0  # paths the last round left for the next one
         self._lock = threading.Lock()  # one round at a time
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sync")
 
@@ -341,23 +345,37 @@ class Mirror:
             os.utime(path, (mtime, mtime))
 
     # -- out ------------------------------------------------------------------------------------
-    def sync(self) -> list[Failure]:
+    def sync(self, budget: float | None = None) -> list[Failure]:
         """One round: put what changed since the last, delete what went. Returns the failures
-        (each names the path and the store's answer); what failed is tried again next round."""
+        (each names the path and the store's answer); what failed is tried again next round.
+        With ``budget`` (seconds), the round ends once it has spent that much, at the end of a
+        batch (what is left waits for the next round, and outside writes get their turn);
+        ``pending`` then says how many paths are left, as it does for files that changed while
+        they were read."""
+        deadline = None if budget is None else time.monotonic() + budget
         with self._lock:
             current = self.tree.scan()
             changed = [(rel, e) for rel, e in current.items() if self.synced.get(rel) != e]
             gone = [(rel, e) for rel, e in self.synced.items() if rel not in current or current[rel].kind != e.kind]
             failures: list[Failure] = []
-            results = self._pool.map(lambda item: self._put(*item), changed)
-            for (rel, _entry), outcome in zip(changed, results, strict=True):
-                if isinstance(outcome, tuple):
-                    self.synced[rel] = outcome[0]
-                    self.remote[self.key(rel, outcome[0].kind)] = outcome[1]
-                elif outcome:
-                    failures.append(Failure(rel, outcome))
-            if gone:
-                failures += self._delete(gone)
+            done = 0
+            for start in range(0, len(changed), BATCH):
+                if start and deadline is not None and time.monotonic() > deadline:
+                    break  # at least one batch a round
+                batch = changed[start:start + BATCH]
+                for (rel, _entry), outcome in zip(batch, self._pool.map(lambda item: self._put(*item), batch),
+                                                  strict=True):
+                    if isinstance(outcome, tuple):
+                        self.synced[rel] = outcome[0]
+                        self.remote[self.key(rel, outcome[0].kind)] = outcome[1]
+                        done += 1
+                    elif outcome:
+                        failures.append(Failure(rel, outcome))
+            if gone and (deadline is None or time.monotonic() <= deadline):
+                refused = self._delete(gone)
+                failures += refused
+                done += len(gone) - len(refused)
+            self.pending = len(changed) + len(gone) - done - len(failures)
             self.save()
             return failures
 
@@ -517,8 +535,15 @@ class Mirror:
         return missing
 
     def flush(self) -> list[Failure]:
-        """A round, then the server's listing checked against it: [] once everything is in S3."""
-        return self.sync() or self.verify()
+        """Rounds until one leaves nothing behind, then the server's listing checked against the
+        tree as synced: [] once everything is in S3."""
+        for _ in range(FLUSH_ROUNDS):
+            failures = self.sync()
+            if failures:
+                return failures
+            if not self.pending:
+                return self.verify()
+        return [Failure("", f"{self.pending} path(s) kept changing through {FLUSH_ROUNDS} rounds", held=False)]
 
 
 def _write_all(fd: int, data: bytes) -> None:
@@ -601,7 +626,7 @@ class Syncer:
                 pulled = time.monotonic()
             if time.monotonic() - last >= every:
                 began = time.monotonic()
-                self.failures = self.mirror.sync()
+                self.failures = self.mirror.sync(ROUND_BUDGET)
                 for failure in self.failures:
                     self._log(f"not in S3 yet: {failure}")
                 last = time.monotonic()

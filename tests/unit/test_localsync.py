@@ -226,3 +226,19 @@ def test_without_an_index_a_resume_loses_nothing_and_copies_nothing_alike(s3: tu
     assert names[2:] == ["deleted.txt", "same.txt"]
     assert (root / "changed.txt").read_text() == "changed here" and (root / names[1]).read_text() == "changed.txt"
     assert objects(client, bucket)["changed.txt"] == b"changed here"
+
+
+def test_a_round_on_a_budget_leaves_the_rest_for_the_next_and_a_flush_does_all(s3: tuple[Any, str],
+                                                                             tmp_path: Path) -> None:
+    """A background round stops after its budget (outside writes get their turn); a flush does
+    not claim success while paths are left."""
+    client, bucket = s3
+    root = tmp_path / "ws"
+    mirror = Mirror(client, bucket, PREFIX, Tree(root), UID, GID)
+    mirror.hydrate()
+    for i in range(600):
+        (root / f"{i}.txt").write_text(str(i))
+    assert mirror.sync(budget=0) == []
+    assert mirror.pending == 600 - 256 and len(objects(client, bucket)) == 256  # one batch
+    assert mirror.flush() == [] and mirror.pending == 0
+    assert len(objects(client, bucket)) == 600
