@@ -52,6 +52,7 @@ ROUND_EVERY = 1.0
 PULL_EVERY = 2.0  # outside writes (the platform's uploads) appear within this and a round
 SINGLE_PUT_MAX = 64 << 20  # larger files go up in parts (s3transfer)
 ROUND_BUDGET = 2.0  # a background round spends at most about this (then outside writes get their turn)
+QUIET = 0.5  # a background round leaves a file written to within this (it is probably being written)
 BATCH = 256  # paths put side by side before the budget is looked at again
 FLUSH_ROUNDS = 10
 WORKERS = 16
@@ -345,17 +346,22 @@ class Mirror:
             os.utime(path, (mtime, mtime))
 
     # -- out ------------------------------------------------------------------------------------
-    def sync(self, budget: float | None = None) -> list[Failure]:
+    def sync(self, budget: float | None = None, quiet: float = 0.0) -> list[Failure]:
         """One round: put what changed since the last, delete what went. Returns the failures
         (each names the path and the store's answer); what failed is tried again next round.
         With ``budget`` (seconds), the round ends once it has spent that much, at the end of a
-        batch (what is left waits for the next round, and outside writes get their turn);
-        ``pending`` then says how many paths are left, as it does for files that changed while
-        they were read."""
+        batch (what is left waits for the next round, and outside writes get their turn). With
+        ``quiet`` (seconds), a file modified more recently than that waits for the next round:
+        one still being written is not sent whole again at every round. ``pending`` says how
+        many paths are left, as it does for files that changed while they were read."""
         deadline = None if budget is None else time.monotonic() + budget
+        settled_before = time.time_ns() - int(quiet * 1e9)
         with self._lock:
             current = self.tree.scan()
             changed = [(rel, e) for rel, e in current.items() if self.synced.get(rel) != e]
+            waiting = [item for item in changed if item[1].kind == FILE and item[1].mtime_ns > settled_before]
+            if waiting:
+                changed = [item for item in changed if not (item[1].kind == FILE and item[1].mtime_ns > settled_before)]
             gone = [(rel, e) for rel, e in self.synced.items() if rel not in current or current[rel].kind != e.kind]
             failures: list[Failure] = []
             done = 0
@@ -375,7 +381,7 @@ class Mirror:
                 refused = self._delete(gone)
                 failures += refused
                 done += len(gone) - len(refused)
-            self.pending = len(changed) + len(gone) - done - len(failures)
+            self.pending = len(changed) + len(waiting) + len(gone) - done - len(failures)
             self.save()
             return failures
 
@@ -629,7 +635,7 @@ class Syncer:
                 pull_every = max(PULL_EVERY, 4 * (pulled - began))
             if time.monotonic() - last >= every:
                 began = time.monotonic()
-                self.failures = self.mirror.sync(ROUND_BUDGET)
+                self.failures = self.mirror.sync(ROUND_BUDGET, QUIET)
                 for failure in self.failures:
                     self._log(f"not in S3 yet: {failure}")
                 last = time.monotonic()

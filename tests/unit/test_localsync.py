@@ -242,3 +242,17 @@ def test_a_round_on_a_budget_leaves_the_rest_for_the_next_and_a_flush_does_all(s
     assert mirror.pending == 600 - 256 and len(objects(client, bucket)) == 256  # one batch
     assert mirror.flush() == [] and mirror.pending == 0
     assert len(objects(client, bucket)) == 600
+
+
+def test_a_file_still_being_written_waits_for_a_quiet_moment_but_not_for_a_flush(s3: tuple[Any, str],
+                                                                                tmp_path: Path) -> None:
+    client, bucket = s3
+    root = tmp_path / "ws"
+    mirror = Mirror(client, bucket, PREFIX, Tree(root), UID, GID)
+    mirror.hydrate()
+    (root / "old.txt").write_text("settled")
+    os.utime(root / "old.txt", (1_000_000_000, 1_000_000_000))
+    (root / "growing.log").write_text("being written")
+    assert mirror.sync(quiet=60) == [] and mirror.pending == 1
+    assert objects(client, bucket) == {"old.txt": b"settled"}
+    assert mirror.flush() == [] and objects(client, bucket)["growing.log"] == b"being written"
