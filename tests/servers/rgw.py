@@ -237,6 +237,11 @@ rgw frontends = beast endpoint=127.0.0.1:{rgw_port} tcp_nodelay=1
 rgw thread pool size = 64
 rgw s3 auth use sts = true
 rgw sts key = {sts_key}
+# A deleted object's data stays in the store until garbage collection, by default 2 h later. In a memstore of a
+# few GB, the suite's large files (deleted, overwritten) would fill it and the OSD would then hold every write:
+# collect them at once.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
 """
 
 
