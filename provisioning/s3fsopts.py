@@ -26,9 +26,14 @@ class S3fsMount:
 
 
 def s3fs_mount(settings: ValidSettings, session_id: SessionId, mountpoint: str, *, uid: int, gid: int,
-               tmpdir: str, ensure_diskfree_mb: int = 10) -> S3fsMount:
+               tmpdir: str, ensure_diskfree_mb: int = 10, forget_misses: bool = False) -> S3fsMount:
     """Fixed security choices first (only validated values reach them: the endpoint and region
-    cannot carry a ',' that would smuggle in an option), then the allow-listed extras."""
+    cannot carry a ',' that would smuggle in an option), then the allow-listed extras.
+
+    ``forget_misses`` (for an s3fs that caches misses by default, 1.91 and later): a name looked
+    up before the platform uploaded it is not kept as missing until the stat cache expires
+    (measured: invisible for 80 s and more after the upload), unless ``enable_noobj_cache`` is
+    asked for."""
     fixed = [
         f"url={settings.s3_endpoint}",
         "use_path_request_style",
@@ -45,6 +50,8 @@ def s3fs_mount(settings: ValidSettings, session_id: SessionId, mountpoint: str, 
         f"ensure_diskfree={ensure_diskfree_mb}",
     ]
     extras = dict(settings.s3fs_options)
+    if forget_misses and "enable_noobj_cache" not in extras:
+        fixed.append("disable_noobj_cache")
     overridable = {"endpoint", "ensure_diskfree"}
     fixed = [o for o in fixed if o.partition("=")[0] not in overridable or o.partition("=")[0] not in extras]
     for name, value in sorted(extras.items()):

@@ -125,3 +125,25 @@ def test_workspace_conformance_with_rclone(manager: SessionManager, storage: Ses
         assert not any("\n" in key for key in keys)
         assert manager.exec(sid, argv=["rm", "conformance/a\nb"]).exit_code == 0
     assert manager.stop(sid, timeout=10) == 0  # every other write reached S3
+
+
+@pytest.mark.parametrize("strategy", ["host"])
+def test_a_name_looked_up_before_its_upload_shows_once_uploaded(manager: SessionManager,
+                                                               storage: SessionStorage) -> None:
+    """s3fs 1.95 remembers a missing name until its stat cache expires: a name user code looked
+    up (a poll for an expected upload) stayed invisible for 80 s and more after the platform
+    put it. The host's s3fs forgets misses (``disable_noobj_cache``): it shows at once."""
+    assert manager.settings.mounter == "s3fs"
+    sid = session_id()
+    manager.create(sid)
+    missing = manager.exec(sid, argv=["stat", "/workspace/uploads/late.txt"])
+    assert missing.exit_code != 0
+    storage.client.put_object(Bucket=storage.settings.bucket, Key=f"{facts.session_prefix(sid)}/uploads/late.txt",
+                              Body=b"late")
+    shown = manager.exec(sid, argv=["python3", "-c", (
+        "import os, sys, time\n"
+        "deadline = time.monotonic() + 3\n"
+        "while not os.path.exists('/workspace/uploads/late.txt') and time.monotonic() < deadline:\n"
+        "    time.sleep(0.05)\n"
+        "sys.exit(0 if open('/workspace/uploads/late.txt').read() == 'late' else 1)")])
+    assert shown.exit_code == 0, shown.stderr.decode()

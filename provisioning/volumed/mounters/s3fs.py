@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
 
 from ...config import Credentials, ValidSettings
 from ...hostinfo import s3fs_binary
@@ -16,10 +17,22 @@ class S3fsMounter:
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or s3fs_binary() or "s3fs"
+        self._caches_misses: bool | None = None
+
+    def caches_misses(self) -> bool:
+        """Whether this s3fs remembers a missing name by default (it then has ``disable_noobj_cache``)."""
+        if self._caches_misses is None:
+            try:
+                help_text = subprocess.run([self.binary, "--help"], capture_output=True, text=True, timeout=10).stdout
+            except (OSError, subprocess.TimeoutExpired):
+                help_text = ""
+            self._caches_misses = "disable_noobj_cache" in help_text
+        return self._caches_misses
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         mount = s3fs_mount(settings, target.session_id, str(target.mountpoint), uid=target.uid, gid=target.gid,
-                           tmpdir=str(target.staging.tmpdir), ensure_diskfree_mb=64)
+                           tmpdir=str(target.staging.tmpdir), ensure_diskfree_mb=64,
+                           forget_misses=self.caches_misses())
         return MountCommand(mount.argv(self.binary), aws_env(credentials))
 
     def verify(self, control: str, timeout: float) -> None:
