@@ -81,7 +81,7 @@ class Settings:
     # Per-session credentials: STS AssumeRole with a policy for sessions/<id>/ only, valid this long.
     scoped_credentials: bool = True
     sts_role_arn: str = "arn:aws:iam:::role/sandbox-session"
-    session_lifetime: int = 43200
+    session_lifetime: int = 3600  # what a real store's role allows unless it says otherwise (and AWS role chaining)
     s3fs_options: Mapping[str, object] = field(default_factory=dict)
     # A fleet (backend "swarm"): each node's executor gateway, and the fleet's mutual TLS.
     gateway_listen: str = ""  # on a node, e.g. "10.0.0.5:7443"; empty: no gateway

@@ -323,9 +323,12 @@ def role_arn(value: str) -> str:
 
 
 def session_lifetime(value: int) -> int:
-    """Seconds that a session's temporary credentials last: 15 minutes to 7 days (STS's bounds)."""
-    if isinstance(value, bool) or not isinstance(value, int) or not 900 <= value <= 604800:
-        raise ValidationError("session lifetime", value, "must be whole seconds from 900 to 604800")
+    """Seconds that each of a session's temporary credentials lasts. STS's bounds are 900 s to
+    the role's maximum (1 h unless the role says more; 12 h at most): the store judges and its
+    answer is shown. Below 900 s only a store in a test mode takes it (the dev endpoint's switch)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not 10 <= value <= 604800:
+        raise ValidationError("session lifetime", value,
+                              "must be whole seconds from 10 to 604800 (stores take 900 up to the role's maximum)")
     return value
 
 

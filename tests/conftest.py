@@ -25,7 +25,8 @@ def s3_credentials() -> Credentials:
 @pytest.fixture(scope="session")
 def s3_server(s3_credentials: Credentials) -> Iterator[EmbeddedS3Server]:
     """The embedded S3 endpoint (moto behind a SigV4 check) on a free loopback port."""
-    with EmbeddedS3Server(s3_credentials, host="127.0.0.1", port=0) as server:
+    # Credentials may last 10 s: the renewal tests outlive several lifetimes in well under a minute.
+    with EmbeddedS3Server(s3_credentials, host="127.0.0.1", port=0, min_session_seconds=10) as server:
         yield server
 
 

@@ -31,6 +31,7 @@ import datetime as dt
 import hashlib
 import hmac
 import io
+import random
 import re
 import secrets
 import socket
@@ -375,6 +376,10 @@ class SigV4Verifier:
     credentials: Credentials
     now: Callable[[], dt.datetime] = field(default=_utcnow)
     max_body_bytes: int = MAX_BODY_BYTES
+    # STS's floor. A test switch may lower it, so that credentials expire within a test's time.
+    min_session_seconds: int = MIN_SESSION_SECONDS
+    # A test switch: this share of S3 requests (0 to 1) is answered 503 SlowDown, as a throttling store does.
+    slowdown: float = 0.0
     store: CredentialStore = field(init=False)
     uploads: UploadRegistry = field(init=False)
 
@@ -470,6 +475,8 @@ class SigV4Verifier:
             if principal.policy is not None and s3policy.needs_body(request):
                 payload = body.read_all()
                 _authorize_permissions(principal.policy, lambda: s3policy.required_permissions(request, payload))
+            if self.slowdown and random.random() < self.slowdown:
+                raise AuthError("SlowDown", "Please reduce your request rate.")
             return self._forward(environ, request, body, start_response)
         except BaseException:
             body.close()
@@ -568,7 +575,7 @@ class SigV4Verifier:
         if principal.temporary:
             raise AuthError("AccessDenied",
                             "temporary credentials cannot call AssumeRole: use the endpoint's root key pair")
-        issued = self.store.issue(parse_assume_role(form), self.now())
+        issued = self.store.issue(parse_assume_role(form, self.min_session_seconds), self.now())
         return _assume_role_response(issued, form.get("Policy"), request_id)
 
 
@@ -676,7 +683,7 @@ def _validation(value: str, member: str, constraint: str) -> AuthError:
                                         f"satisfy constraint: {constraint}")
 
 
-def parse_assume_role(form: dict[str, str]) -> SessionRequest:
+def parse_assume_role(form: dict[str, str], min_seconds: int = MIN_SESSION_SECONDS) -> SessionRequest:
     """Check AssumeRole's parameters the way STS does; raise ValidationError or MalformedPolicyDocument."""
     role_arn, session_name = form.get("RoleArn", ""), form.get("RoleSessionName", "")
     if not 20 <= len(role_arn) <= 2048 or not role_arn.startswith("arn:"):
@@ -688,9 +695,9 @@ def parse_assume_role(form: dict[str, str]) -> SessionRequest:
     if not raw_duration.isdigit():
         raise _validation(raw_duration, "durationSeconds", "Member must be a whole number of seconds")
     duration = int(raw_duration)
-    if duration < MIN_SESSION_SECONDS:
+    if duration < min_seconds:
         raise _validation(raw_duration, "durationSeconds",
-                          f"Member must have value greater than or equal to {MIN_SESSION_SECONDS}")
+                          f"Member must have value greater than or equal to {min_seconds}")
     if duration > MAX_SESSION_SECONDS:
         raise _validation(raw_duration, "durationSeconds",
                           f"Member must have value less than or equal to {MAX_SESSION_SECONDS}")
@@ -843,10 +850,12 @@ def _make_server(host: str, port: int, app: WSGIApp, limits: ServerLimits) -> Th
 
 class EmbeddedS3Server:
     """An in-process S3 (and STS AssumeRole) endpoint on a loopback address. ``port=0`` picks a
-    free port. ``clock`` (UTC) is what signatures and temporary credentials are checked against."""
+    free port. ``clock`` (UTC) is what signatures and temporary credentials are checked against.
+    ``min_session_seconds`` below STS's 900 is a test switch: credentials that expire in seconds."""
 
     def __init__(self, credentials: Credentials, host: str = "127.0.0.1", port: int = 0, *,
-                 limits: ServerLimits = ServerLimits(), clock: Callable[[], dt.datetime] = _utcnow) -> None:
+                 limits: ServerLimits = ServerLimits(), clock: Callable[[], dt.datetime] = _utcnow,
+                 min_session_seconds: int = MIN_SESSION_SECONDS) -> None:
         try:
             from moto.server import create_backend_app
         except ImportError:
@@ -857,7 +866,8 @@ class EmbeddedS3Server:
         app = create_backend_app("s3")
         self.credentials = credentials
         self.limits = limits
-        self.verifier = SigV4Verifier(app, credentials, now=clock, max_body_bytes=limits.max_body_bytes)
+        self.verifier = SigV4Verifier(app, credentials, now=clock, max_body_bytes=limits.max_body_bytes,
+                                      min_session_seconds=min_session_seconds)
         self._server = _make_server(host, port, self.verifier, limits)
         self.host = host
         self.port = int(self._server.server_port)

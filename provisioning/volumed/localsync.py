@@ -21,9 +21,12 @@ The process runs as root and reads a tree the session writes: it never follows a
 session made (every path is walked one directory at a time with O_NOFOLLOW from the root's
 descriptor), and it reads nothing but regular files, directories and links.
 
-Not yet: objects put from outside after hydration do not appear in the workspace (the platform's
-uploads are read at create), and a crash of this process fails the session with its files kept
-on the host (they reach S3 with the volume's removal once it runs again); see docs/operations.md.
+Credentials: the process starts with the session's scoped keys in its environment; the volume
+service hands it fresh ones at half-life on the control socket (``renew``). A store that cannot
+be reached ends a round at its first put (the tree keeps every byte; the next round tries
+again); one that throttles is retried with backoff, then at the next round. A crash of this
+process leaves the tree and the index: the volume's removal sends what is left (``--resume
+--once``); see docs/operations.md.
 """
 
 from __future__ import annotations
@@ -59,6 +62,8 @@ WORKERS = 16
 DEFAULT_DIR_MODE, DEFAULT_FILE_MODE = 0o750, 0o640  # objects s3fs did not describe (the platform's)
 MAX_NAME = 255
 MAX_REPORTED = 100  # failures a flush names (and how many more there are)
+UNREACHABLE = "S3 is unreachable: "  # a failure of the connection, not the store's answer
+RENEW_MAX = 16 << 10  # a control request's longest line (a renewal carries a session token)
 
 
 @dataclass(frozen=True)
@@ -233,6 +238,7 @@ class Mirror:
         self.remote: dict[str, str] = {}  # each key's ETag as last seen (put by us, or pulled)
         self.pending = 0  # paths the last round left for the next one
         self._lock = threading.Lock()  # one round at a time
+        self._away = threading.Event()  # this round met a store it cannot reach
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=WORKERS, thread_name_prefix="sync")
 
     def key(self, rel: str, kind: str) -> str:
@@ -365,6 +371,7 @@ class Mirror:
             gone = [(rel, e) for rel, e in self.synced.items() if rel not in current or current[rel].kind != e.kind]
             failures: list[Failure] = []
             done = 0
+            self._away.clear()
             for start in range(0, len(changed), BATCH):
                 if start and deadline is not None and time.monotonic() > deadline:
                     break  # at least one batch a round
@@ -377,7 +384,10 @@ class Mirror:
                         done += 1
                     elif outcome:
                         failures.append(Failure(rel, outcome))
-            if gone and (deadline is None or time.monotonic() <= deadline):
+                if self._away.is_set():
+                    break  # the store is away: the next round tries again, the tree keeps every byte
+            away = any(f.reason.startswith(UNREACHABLE) for f in failures)
+            if gone and not away and (deadline is None or time.monotonic() <= deadline):
                 refused = self._delete(gone)
                 failures += refused
                 done += len(gone) - len(refused)
@@ -392,6 +402,8 @@ class Mirror:
 
         key = self.key(rel, entry.kind)
         meta = entry.metadata(self.uid, self.gid)
+        if self._away.is_set():
+            return f"{UNREACHABLE}not tried (another put of this round could not reach it)"
         try:
             if entry.kind == DIR:
                 return entry, self.s3.put_object(Bucket=self.bucket, Key=key, Body=b"", Metadata=meta)["ETag"]
@@ -412,6 +424,10 @@ class Mirror:
                 return (entry, etag) if entry_of(os.fstat(fd)) == entry else ""
             finally:
                 os.close(fd)
+        except (botocore.exceptions.ConnectionError, botocore.exceptions.HTTPClientError) as exc:
+            # First: some of these are OSErrors too (through urllib3's and requests' classes).
+            self._away.set()  # the puts still queued in this round fail at once
+            return f"{UNREACHABLE}{exc}"
         except FileNotFoundError:
             return ""  # removed meanwhile: the next round deletes it
         except OSError as exc:
@@ -541,8 +557,12 @@ class Mirror:
         return missing
 
     def flush(self) -> list[Failure]:
-        """Rounds until one leaves nothing behind, then the server's listing checked against the
-        tree as synced: [] once everything is in S3."""
+        """What others put first (``pull``; a conflict keeps both sides), then rounds until one
+        leaves nothing behind, then the server's listing checked against the tree as synced: []
+        once everything is in S3. What could not be pulled is logged and asked again at the next
+        look; it does not fail the flush, which is about the session's writes."""
+        for failure in self.pull():
+            self._log(f"not pulled yet: {failure}")
         for _ in range(FLUSH_ROUNDS):
             failures = self.sync()
             if failures:
@@ -581,16 +601,20 @@ def _float(value: str | None) -> float | None:
 class Syncer:
     """The mirror's rounds, its control socket, and its end."""
 
-    def __init__(self, mirror: Mirror, control: Path, log: Callable[[str], None]) -> None:
+    def __init__(self, mirror: Mirror, control: Path, log: Callable[[str], None],
+                 client_for: Callable[[dict[str, str]], Any] | None = None) -> None:
         self.mirror = mirror
         self.control = control
         self._log = log
+        self._client_for = client_for  # a new S3 client signing with the keys it is given
         self.stop = threading.Event()
         self.failures: list[Failure] = []
 
     def serve_control(self) -> None:
-        """``ping``, or ``flush``: one JSON line, ``{"ok", "failures": [{"path", "reason",
-        "deleting"}], "more"}``. Root only (0600)."""
+        """``ping``; ``flush``; or ``renew {"AccessKeyId", "SecretAccessKey", "SessionToken"}``
+        (requests after it sign with those keys; those under way finish with the old ones, still
+        valid). One JSON line back, ``{"ok", "failures": [{"path", "reason", "held"}], "more"}``.
+        Root only (0600): it carries credentials."""
         self.control.unlink(missing_ok=True)
         server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
@@ -607,10 +631,19 @@ class Syncer:
         with conn:
             conn.settimeout(10)
             try:
-                request = conn.makefile("rb").readline(64).strip()
+                request = conn.makefile("rb").readline(RENEW_MAX).strip()
             except OSError:
                 return
-            if request == b"flush":
+            if request.startswith(b"renew ") and self._client_for is not None:
+                try:
+                    keys = json.loads(request[len(b"renew "):])
+                    self.mirror.s3 = self._client_for({k: str(keys[k]) for k in
+                                                       ("AccessKeyId", "SecretAccessKey", "SessionToken")})
+                    reply = {"ok": True, "failures": [], "more": 0}
+                    self._log("credentials renewed")
+                except (ValueError, KeyError, TypeError):
+                    reply = {"ok": False, "failures": [], "more": 0}
+            elif request == b"flush":
                 failures = self.mirror.flush()
                 reply = {"ok": not failures, "failures": [dataclasses.asdict(f) for f in failures[:MAX_REPORTED]],
                          "more": max(len(failures) - MAX_REPORTED, 0)}
@@ -649,11 +682,10 @@ class Syncer:
 
 
 def flush_until(mirror: Mirror, deadline: float, log: Callable[[str], None]) -> int:
-    """What others put first (a conflict keeps both sides), then rounds until everything is in
-    S3: 0, or 1 once ``deadline`` passed (each failure logged)."""
-    failures = mirror.pull()
+    """Flushes (what others put first: a conflict keeps both sides) until everything is in S3:
+    0, or 1 once ``deadline`` passed (each failure logged)."""
     while True:
-        failures = failures or mirror.flush()
+        failures = mirror.flush()
         if not failures:
             log("everything is in S3")
             return 0
@@ -662,7 +694,6 @@ def flush_until(mirror: Mirror, deadline: float, log: Callable[[str], None]) -> 
                 log(f"not in S3: {failure}")
             return 1
         time.sleep(1)
-        failures = []
 
 
 def bind(source: Path, mountpoint: Path) -> None:
@@ -695,10 +726,20 @@ def main(argv: list[str] | None = None) -> int:
     import boto3
     import botocore.config
 
-    s3 = boto3.client("s3", endpoint_url=args.endpoint, region_name=args.region,
-                      config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=5,
-                                                    read_timeout=60, max_pool_connections=WORKERS,
-                                                    retries={"max_attempts": 5, "mode": "standard"}))
+    def client_for(keys: dict[str, str]) -> Any:
+        """An S3 client signing with ``keys`` (the environment's, first: AWS_ACCESS_KEY_ID ...).
+        A request is tried 4 times with backoff (throttling: 503 SlowDown; then the next round
+        tries again); a store that does not answer a connection in 3 s counts as unreachable, and
+        its first such put ends the round: a black-holed store costs a round about 20 s."""
+        return boto3.client("s3", endpoint_url=args.endpoint, region_name=args.region,
+                            aws_access_key_id=keys.get("AccessKeyId") or None,
+                            aws_secret_access_key=keys.get("SecretAccessKey") or None,
+                            aws_session_token=keys.get("SessionToken") or None,
+                            config=botocore.config.Config(s3={"addressing_style": "path"}, connect_timeout=3,
+                                                          read_timeout=60, max_pool_connections=WORKERS,
+                                                          retries={"max_attempts": 4, "mode": "standard"}))
+
+    s3 = client_for({})
     mirror = Mirror(s3, args.bucket, args.prefix, Tree(Path(args.source)), args.uid, args.gid, log,
                     index=Path(args.index))
     started = time.monotonic()
@@ -708,7 +749,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"hydrated {mirror.hydrate()} file(s) in {time.monotonic() - started:.3f}s")
     if args.once is not None:
         return flush_until(mirror, started + args.once, log)
-    syncer = Syncer(mirror, Path(args.control), log)
+    syncer = Syncer(mirror, Path(args.control), log, client_for)
     threading.Thread(target=syncer.serve_control, name="control", daemon=True).start()
     signal.signal(signal.SIGTERM, lambda *_a: syncer.stop.set())
     bind(Path(args.source), Path(args.mountpoint))

@@ -72,6 +72,17 @@ def announce(driver: str, stop: threading.Event, manager: VolumeManager | None =
         stop.wait(every)
 
 
+def renew_credentials(manager: VolumeManager, stop: threading.Event, now: threading.Event) -> None:
+    """Keep every live workspace's credentials fresh (``Workspaces.renew_due``): a look every
+    tenth of their lifetime (at most 10 s); ``now`` set (SIGHUP) renews every one at once."""
+    every = min(10.0, manager.settings.session_lifetime / 10)
+    while not stop.is_set():
+        forced = now.wait(every)
+        now.clear()
+        if not stop.is_set():
+            manager.workspaces.renew_due(force=forced)
+
+
 def socket_path(driver: str, plugin_dir: str = facts.PLUGIN_DIR) -> Path:
     return Path(plugin_dir) / f"{driver}.sock"
 
@@ -113,8 +124,10 @@ def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Pat
                             state_dir=state_dir, docker_remove=_docker_remove, log=_log)
     manager.start()
     stop = threading.Event()
+    renew_now = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_a: stop.set())
+    signal.signal(signal.SIGHUP, lambda *_a: renew_now.set())  # every workspace's credentials renewed now
     # The Docker SDK is loaded here, in this thread, before any other thread touches it (the
     # runtime imports it lazily, and a lazy module is not safe to load from two threads at once).
     _ = docker.errors
@@ -123,6 +136,7 @@ def run(settings: ValidSettings, *, data_dir: Path | None = None, state_dir: Pat
         guard = NetworkGuard(settings.network, _docker, _log, fleet=bool(settings.gateway_listen))
         threading.Thread(target=guard.run, args=(stop,), name="network-guard", daemon=True).start()
     threading.Thread(target=announce, args=(driver, stop, manager), name="announce", daemon=True).start()
+    threading.Thread(target=renew_credentials, args=(manager, stop, renew_now), name="renew", daemon=True).start()
     if settings.gateway_listen:
         from .gateway import TLSFiles
         from .gateway import serve as serve_gateway

@@ -67,6 +67,12 @@ class Staging:
         tmp.mkdir(mode=0o700, exist_ok=True)
         os.chown(tmp, owner_uid, owner_gid)
 
+    def mount(self) -> None:
+        """Mount an existing image (one a host restart left unmounted) where create() would."""
+        if not is_mounted(self.mountpoint):
+            self.mountpoint.mkdir(parents=True, exist_ok=True, mode=0o700)
+            _run(["mount", "-o", "loop,discard,nosuid,nodev,noexec", str(self.image), str(self.mountpoint)])
+
     @property
     def tmpdir(self) -> Path:
         return self.mountpoint / "tmp"
@@ -103,22 +109,30 @@ class StagingPool:
         self._lock = threading.Lock()
         self._wanted = threading.Event()
 
-    def start(self, keep: set[Path]) -> None:
+    def start(self, keep: set[Path]) -> list[Path]:
         """Discard what a previous instance left but the areas in ``keep`` (live volumes'), then
-        start making spares."""
+        start making spares. Returns the orphans: areas no volume claims that hold a local-first
+        workspace's files (its index beside it), which may not all be in S3. Never removed here:
+        the caller sends their files to S3 first."""
         self.root.mkdir(parents=True, exist_ok=True, mode=0o700)
+        orphans = []
         for leftover in sorted(self.root.glob("*.img")):
             if leftover in keep:
                 continue
             if Staging(leftover, leftover.with_suffix("")).index.exists():
-                # A local-first workspace no live volume claims (the host restarted): its files may
-                # not all be in S3. Never removed here; docs/operations.md says how to recover it.
-                self._log(f"kept {leftover}: a session's files that may not all be in S3 (its index "
-                          f"{leftover.with_suffix('.index.json')} names the session's prefix)")
+                orphans.append(leftover)
                 continue
             self.release(leftover)
         threading.Thread(target=self._fill, name="staging-pool", daemon=True).start()
         self._wanted.set()
+        return orphans
+
+    @staticmethod
+    def attach(image: Path) -> Staging:
+        """An existing area (an orphan: start() named it), mounted again if a restart unmounted it."""
+        staging = Staging(image, image.with_suffix(""))
+        staging.mount()
+        return staging
 
     @staticmethod
     def release(image: Path) -> None:

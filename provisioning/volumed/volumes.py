@@ -99,11 +99,14 @@ class VolumeManager:
             mounter_for=mounter_for or mounter, runner=self.runner, log=log)
 
     def start(self) -> None:
-        """Share the mount points' parent, adopt what a previous instance left, then start
-        making spare staging areas."""
+        """Share the mount points' parent, adopt what a previous instance left, start making
+        spare staging areas, and send to S3 what local-first workspaces nobody claims hold."""
         self.runner.share(self.data_dir / "volumes")
         self.adopt()
-        self.workspaces.staging.start({Path(v.staging) for v in self.list() if v.staging})
+        orphans = self.workspaces.staging.start({Path(v.staging) for v in self.list() if v.staging})
+        if orphans:  # files a restart left on host disk: to S3 first, in the background
+            threading.Thread(target=lambda: [self.workspaces.recover_orphan(image) for image in orphans],
+                             name="orphans", daemon=True).start()
 
     # -- paths --------------------------------------------------------------------------------
     def mountpoint(self, name: str) -> Path:

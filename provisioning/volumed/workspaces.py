@@ -9,7 +9,9 @@
             deleted that did not reach S3 (files the store refuses for good go to the
             quarantine first);
   exited    a mounter that ends on its own fails its volume (and so its session);
-  recover   after a restart of the service: live mounts keep serving, the rest fail.
+  recover   after a restart of the service: live mounts keep serving, the rest fail;
+  renew     fresh credentials for a live mount whose mounter takes them (``local``), once half
+            their lifetime has passed (at once for one a previous instance mounted).
 
 Each host-facing part is a seam given to the constructor (the runner that starts and unmounts
 mounter processes, the staging areas, the store, the credentials), so that all of this can be
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import json
 import os
 import secrets
 import subprocess
@@ -61,9 +64,11 @@ class Runner(Protocol):
 class StagingAreas(Protocol):
     """Capped host disk for a session's mounter (``staging.StagingPool``, on a real host)."""
 
-    def start(self, keep: set[Path]) -> None: ...
+    def start(self, keep: set[Path]) -> list[Path]: ...
 
     def take(self) -> Staging: ...
+
+    def attach(self, image: Path) -> Staging: ...
 
     def release(self, image: Path) -> None: ...
 
@@ -87,6 +92,7 @@ class Workspaces:
         self.staging = staging
         self._lock = threading.Lock()
         self._live: dict[ProcessRef, tuple[VolumeState, subprocess.Popen[bytes] | None]] = {}
+        self._minted: dict[str, float] = {}  # volume -> when its mounter's credentials were minted (monotonic)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="volumes")
         self.watcher = fuseproc.Watcher(self._exited)
 
@@ -117,6 +123,7 @@ class Workspaces:
         try:
             sid = validation.session_id(state.session_id)
             prefix = facts.session_prefix(sid)
+            minted_at = time.monotonic()
             minted = self._pool.submit(self.mint, self.settings, sid)
             markers = [self._pool.submit(self.store.put_marker, f"{prefix}/{area}")
                        for area in ("", *(f"{a}/" for a in facts.AREAS))]
@@ -139,6 +146,7 @@ class Workspaces:
             state.control = command.control
             state.pid, state.start_time = ref.pid, ref.start_time
             state.status, state.error = "mounted", ""
+            self._minted[name] = minted_at
             self._watch(ref, state, proc)
             self._log(f"{name}: mounted in {time.monotonic() - started:.3f}s ({state.mounter} pid {proc.pid})")
         except Exception as exc:  # noqa: BLE001 - every failure ends as a failed volume with its reason
@@ -215,6 +223,7 @@ class Workspaces:
                 state.undrained = kept
                 self._log(f"{state.name}: {kept}")
         proc = None
+        self._minted.pop(state.name, None)
         if ref is not None:
             self.watcher.forget(ref)
             with self._lock:
@@ -274,6 +283,66 @@ class Workspaces:
             self._log(f"{state.name}: {state.error}")
             self.files.save(state)
 
+    def recover_orphan(self, image: Path) -> bool:
+        """A local-first workspace's filesystem that no volume claims (the host restarted, or the
+        service's records were lost, with a session's files on it): its files go to S3 (a
+        one-shot sync process from its index, with fresh credentials), then it is removed.
+        Kept, and logged with the reason, if that cannot be done. True once it is in S3."""
+        staging = Staging(image, image.with_suffix(""))
+        try:
+            described = json.loads(staging.index.read_text())
+            if described.get("bucket") != self.settings.bucket:
+                raise MountError(f"its index names the bucket {described.get('bucket')!r}, "
+                                 f"not {self.settings.bucket!r}")
+            area, _, sid_text = str(described.get("prefix", "")).partition("/")
+            sid = validation.session_id(sid_text)
+            if facts.session_prefix(sid) != f"{area}/{sid_text}":
+                raise MountError(f"its index names the prefix {described.get('prefix')!r}, which is no session's")
+            uid, gid = int(described["uid"]), int(described["gid"])
+            staging = self.staging.attach(image)
+            target = mounters.MountTarget(sid, self.root / f"orphan-{image.stem}" / "workspace", uid, gid, staging,
+                                          size_bytes(self.settings.staging_size))
+            self._log(f"{image.name}: session {sid}'s files, left by a restart; sending what S3 lacks")
+            self.mounter_for("local").recover(self.settings, target, self.mint(self.settings, sid),
+                                              facts.DRAIN_TIMEOUT)
+        except (SandboxHostError, OSError, ValueError, KeyError, TypeError) as exc:
+            self._log(f"{image.name}: kept (a session's files that may not all be in S3): {exc}")
+            return False
+        self.staging.release(image)
+        self._log(f"{image.name}: session {sid}'s files are in S3; removed")
+        return True
+
+    # -- credentials --------------------------------------------------------------------------
+    def renew_due(self, force: bool = False) -> list[str]:
+        """Fresh credentials for every live workspace whose mounter takes them and whose own
+        are half their lifetime old (every one, with ``force``). A failure is logged with the
+        store's answer and tried again at the next look (the old ones still hold for the other
+        half). Returns the volumes renewed."""
+        if not self.settings.scoped_credentials:
+            return []  # the parent key itself: nothing expires
+        with self._lock:
+            live = [state for state, _proc in self._live.values() if state.status == "mounted"]
+        renewed = []
+        for state in live:
+            mounter = self.mounter_for(state.mounter)
+            minted_at = self._minted.get(state.name)
+            if not mounter.renews or minted_at is None:
+                continue
+            if not force and time.monotonic() - minted_at < self.settings.session_lifetime / 2:
+                continue
+            began = time.monotonic()
+            try:
+                credentials = self.mint(self.settings, validation.session_id(state.session_id))
+                mounter.renew(state.control, credentials, timeout=10)
+            except SandboxHostError as exc:
+                self._log(f"{state.name}: credentials not renewed (tried again shortly): {exc}")
+                continue
+            if state.name in self._minted:  # not torn down meanwhile
+                self._minted[state.name] = began
+            renewed.append(state.name)
+            self._log(f"{state.name}: credentials renewed in {time.monotonic() - began:.3f}s")
+        return renewed
+
     # -- restart ------------------------------------------------------------------------------
     def recover(self, state: VolumeState) -> None:
         """A volume a previous instance of the service left: a live mount keeps serving (and is
@@ -281,6 +350,7 @@ class Workspaces:
         ref = state.process
         if state.status == "mounted":
             if ref is not None and ref.alive() and self.runner.is_mounted(self.mountpoint(state.name)):
+                self._minted[state.name] = -float("inf")  # when is unknown: renewed at the first look
                 self._watch(ref, state, None)
             else:
                 state.status, state.error = "failed", f"{state.mounter} ended while the volume service was not running"

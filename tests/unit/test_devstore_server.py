@@ -243,8 +243,17 @@ def test_assume_role_answers_like_sts(s3_server: EmbeddedS3Server, s3_credential
     assert 0 < answer["PackedPolicySize"] < 100
 
 
+def test_sts_floor_is_900_seconds_unless_the_test_switch_lowers_it() -> None:
+    from provisioning.devstore.server import AuthError, parse_assume_role
+
+    form = {"RoleArn": ROLE_ARN, "RoleSessionName": "sandbox-A", "DurationSeconds": "899"}
+    with pytest.raises(AuthError, match="greater than or equal to 900"):
+        parse_assume_role(form)
+    assert parse_assume_role(form, min_seconds=10).duration.total_seconds() == 899
+
+
 @pytest.mark.parametrize(("params", "code", "cause"), [
-    ({"DurationSeconds": 899}, "ValidationError", "greater than or equal to 900"),
+    ({"DurationSeconds": 9}, "ValidationError", "greater than or equal to 10"),  # the tests' server: its switch
     ({"DurationSeconds": 604801}, "ValidationError", "less than or equal to 604800"),
     ({"RoleSessionName": "x"}, "ValidationError", "roleSessionName"),
     ({"RoleSessionName": "bad name!"}, "ValidationError", "roleSessionName"),
@@ -818,3 +827,19 @@ def test_an_answer_the_client_does_not_read_is_cut_at_its_deadline(paced_server:
         except ConnectionResetError:
             pass
     assert 0 < received < size
+
+
+def test_the_slowdown_switch_throttles_that_share_of_requests(s3_server: EmbeddedS3Server,
+                                                              s3_credentials: Credentials, bucket: str) -> None:
+    import botocore.config
+
+    s3 = boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                      aws_access_key_id=s3_credentials.access_key, aws_secret_access_key=s3_credentials.secret_key,
+                      config=botocore.config.Config(retries={"max_attempts": 1}))
+    s3.create_bucket(Bucket=bucket)
+    s3_server.verifier.slowdown = 1.0
+    try:
+        assert error_of(lambda: s3.put_object(Bucket=bucket, Key="k", Body=b"x"))["Code"] == "SlowDown"
+    finally:
+        s3_server.verifier.slowdown = 0.0
+    s3.put_object(Bucket=bucket, Key="k", Body=b"x")

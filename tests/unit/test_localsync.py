@@ -256,3 +256,73 @@ def test_a_file_still_being_written_waits_for_a_quiet_moment_but_not_for_a_flush
     assert mirror.sync(quiet=60) == [] and mirror.pending == 1
     assert objects(client, bucket) == {"old.txt": b"settled"}
     assert mirror.flush() == [] and objects(client, bucket)["growing.log"] == b"being written"
+
+
+def test_fresh_credentials_on_the_control_socket_sign_the_next_requests(s3: tuple[Any, str], tmp_path: Path,
+                                                                       s3_server: EmbeddedS3Server,
+                                                                       s3_credentials: Credentials) -> None:
+    """What the volume service does at half-life (LocalMounter.renew): the sync process's next
+    requests sign with the keys it was handed. Keys the store does not know prove it: the round
+    fails with the store's answer, and the next keys put it through."""
+    import json
+    import threading
+
+    from provisioning.volumed.localsync import Syncer
+    from provisioning.volumed.mounters import LocalMounter
+
+    client, bucket = s3
+    root = tmp_path / "ws"
+    mirror = Mirror(client, bucket, PREFIX, Tree(root), UID, GID)
+    mirror.hydrate()
+
+    def client_for(keys: dict[str, str]) -> Any:
+        return boto3.client("s3", endpoint_url=s3_server.endpoint, region_name="us-east-1",
+                            aws_access_key_id=keys["AccessKeyId"], aws_secret_access_key=keys["SecretAccessKey"],
+                            aws_session_token=keys["SessionToken"] or None)
+
+    socket_path = tmp_path / "sync.sock"
+    syncer = Syncer(mirror, socket_path, lambda _m: None, client_for)
+    threading.Thread(target=syncer.serve_control, daemon=True).start()
+    control = json.dumps({"socket": str(socket_path), "source": str(root)})
+    LocalMounter().verify(control, 5)
+    LocalMounter().renew(control, Credentials("AKIAUNKNOWN", "not-the-secret"), 5)
+    (root / "a.txt").write_text("a")
+    [failure] = mirror.sync()
+    assert failure.path == "a.txt" and "InvalidAccessKeyId" in failure.reason
+    LocalMounter().renew(control, s3_credentials, 5)
+    assert mirror.sync() == [] and objects(client, bucket) == {"a.txt": b"a"}
+    syncer.stop.set()
+
+
+def test_an_unreachable_store_ends_the_round_and_everything_goes_once_it_is_back(s3: tuple[Any, str],
+                                                                                  tmp_path: Path) -> None:
+    """The first put that cannot reach the store ends the round: the others of it are not
+    tried (a black-holed store would otherwise cost every put its connect timeouts), nothing
+    is deleted, and the tree keeps every byte for the next round."""
+    import time
+
+    import botocore.config
+
+    from provisioning.volumed.localsync import UNREACHABLE
+
+    client, bucket = s3
+    root = tmp_path / "ws"
+    mirror = Mirror(client, bucket, PREFIX, Tree(root), UID, GID)
+    mirror.hydrate()
+    (root / "old.txt").write_text("old")
+    assert mirror.sync() == []
+    (root / "old.txt").unlink()
+    for i in range(600):
+        (root / f"{i}.txt").write_text(str(i))
+    mirror.s3 = boto3.client("s3", endpoint_url="http://127.0.0.1:9", region_name="us-east-1",
+                             aws_access_key_id="AKIAUNIT", aws_secret_access_key="unit",
+                             config=botocore.config.Config(retries={"max_attempts": 1}, connect_timeout=1))
+    started = time.monotonic()
+    failures = mirror.sync()
+    assert time.monotonic() - started < 10
+    assert len(failures) == 256 and all(f.reason.startswith(UNREACHABLE) for f in failures)  # one batch
+    assert mirror.pending == 600 - 256 + 1  # the rest, and the deletion, wait
+    mirror.s3 = client
+    assert mirror.flush() == []
+    stored = objects(client, bucket)
+    assert "old.txt" not in stored and all(stored[f"{i}.txt"] == str(i).encode() for i in range(600))

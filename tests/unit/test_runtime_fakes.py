@@ -75,7 +75,7 @@ def test_credentials_are_minted_for_the_prefix_only() -> None:
     creds = mint(settings, session_id("abc"), FakeSTS())
     assert (creds.access_key, creds.session_token) == ("ASIA1", "t")
     policy = json.loads(calls[0]["Policy"])
-    assert " " not in calls[0]["Policy"] and calls[0]["DurationSeconds"] == 43200
+    assert " " not in calls[0]["Policy"] and calls[0]["DurationSeconds"] == 3600
     assert policy == session_policy("fake-bucket", session_id("abc"))
     statement = next(s for s in policy["Statement"] if s["Action"] == ["s3:ListBucket"])
     listing = statement["Condition"]["StringLike"]["s3:prefix"]
@@ -115,6 +115,15 @@ class FakeBackend:
         self.leased: list[int] = []
         self.released: list[int] = []
         self.launched: list[SessionSpec] = []
+        self.running: set[str] = set()
+        self.calls: list[str] = []
+
+    def find(self, session_id: str) -> SessionInfo | None:
+        status = "running" if session_id in self.running else "exited"
+        return SessionInfo(session_id, "cid", "name", status, "img", "none", SETTINGS.bucket, "p/", "host", 1, "n")
+
+    def sync(self, session_id: str, timeout: float) -> None:
+        self.calls.append(f"sync {session_id}")
 
     def lease_uid(self, session_id: str) -> int:
         self.leased.append(1900000000 + len(self.leased))
@@ -154,6 +163,29 @@ def test_launcher_validates_first_checks_the_bucket_once_and_releases_a_failed_u
     with pytest.raises(SessionExists):
         manager.create("three")
     assert failing.released == failing.leased
+
+
+def test_files_of_a_running_session_agree_with_its_workspace_at_each_call(s3: Any, tmp_path: Path) -> None:
+    """upload() returns once the running session's workspace has the file; a listing and a
+    download come after the session's writes reached S3 (a sync each). A session that is not
+    running has everything in S3: no sync."""
+    backend = FakeBackend()
+    storage = SessionStorage(SETTINGS.validated(), client=s3)
+    manager = SessionManager(SETTINGS, backend=backend, storage=storage,  # type: ignore[arg-type]
+                             strategy=HostMount(agreeing_service))
+    storage.ensure_bucket()
+    source = tmp_path / "data.csv"
+    source.write_text("a,b\n")
+    backend.running = {"live"}
+    manager.upload("live", source)
+    storage.put_bytes("live", "artifacts", "out.txt", b"out")
+    assert [o.name for o in manager.files("live")] == ["out.txt"]
+    assert manager.read("live", "out.txt") == b"out"
+    assert manager.download("live", "out.txt", tmp_path).read_bytes() == b"out"
+    assert backend.calls == ["sync live"] * 4
+    manager.upload("ended", source)
+    assert [o.name for o in manager.files("ended", "uploads")] == ["data.csv"]
+    assert backend.calls == ["sync live"] * 4
 
 
 def test_a_launcher_whose_settings_differ_from_the_volume_service_is_refused_naming_both(s3: Any) -> None:

@@ -6,6 +6,7 @@ store and the credentials. What FUSE, loop devices and S3 do is the docker tier'
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import subprocess
 import sys
@@ -77,9 +78,15 @@ class FakeStaging:
         self.taken: list[Path] = []
         self.released: list[Path] = []
         self.kept: set[Path] | None = None
+        self.attached: list[Path] = []
 
-    def start(self, keep: set[Path]) -> None:
+    def start(self, keep: set[Path]) -> list[Path]:
         self.kept = keep
+        return [image for image in sorted(self.root.glob("orphan*.img")) if image not in keep]
+
+    def attach(self, image: Path) -> Staging:
+        self.attached.append(image)
+        return Staging(image, image.with_suffix(""))
 
     def take(self) -> Staging:
         image = self.root / f"{len(self.taken)}.img"
@@ -120,6 +127,9 @@ class FakeMounter:
     drained: int = 0
     synced: int = 0
     recovered: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
+    renews: bool = False
+    renewed: list[Credentials] = field(default_factory=list)
+    renew_error: str = ""
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         self.targets.append((target, credentials))
@@ -143,6 +153,11 @@ class FakeMounter:
         if self.drains == "fail":
             raise MountError("2 uploads still pending")
 
+    def renew(self, control: str, credentials: Credentials, timeout: float) -> None:
+        if self.renew_error:
+            raise MountError(self.renew_error)
+        self.renewed.append(credentials)
+
     def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
                 timeout: float) -> None:
         self.recovered.append((target, credentials))
@@ -161,6 +176,7 @@ class Host:
     mounter: FakeMounter = field(default_factory=FakeMounter)
     minted: list[SessionId] = field(default_factory=list)
     mint_error: Exception | None = None
+    settings: ValidSettings = SETTINGS
     staging: FakeStaging = field(init=False)
 
     def __post_init__(self) -> None:
@@ -170,11 +186,12 @@ class Host:
         if self.mint_error is not None:
             raise self.mint_error
         self.minted.append(session_id)
-        return Credentials(f"ASIA{session_id.upper()}", "scoped-secret", "token")
+        return Credentials(f"ASIA{session_id.upper()}{len(self.minted)}", "scoped-secret", "token")
 
     def service(self) -> VolumeManager:
         """A (new) instance of the service on this host: it adopts what the last one left."""
-        manager = VolumeManager(SETTINGS, data_dir=self.root / "data", state_dir=self.root / "state", mint=self.mint,
+        manager = VolumeManager(self.settings, data_dir=self.root / "data", state_dir=self.root / "state",
+                                mint=self.mint,
                                 store=self.store, runner=self.runner, staging=self.staging,  # type: ignore[arg-type]
                                 mounter_for=lambda _name: self.mounter)
         manager.start()
@@ -213,8 +230,8 @@ def test_a_workspace_mounts_with_its_sessions_credentials_markers_and_staging(ho
     assert sorted(host.store.markers) == [f"sessions/{SID}/", f"sessions/{SID}/artifacts/", f"sessions/{SID}/uploads/"]
     [(target, credentials)] = host.mounter.targets
     assert (target.mountpoint, target.uid, target.gid) == (manager.mountpoint(NAME), UID, UID)
-    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC"
-    assert host.runner.last_env == {"AWS_ACCESS_KEY_ID": "ASIAABC"}  # the session's key, in the environment only
+    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC1"
+    assert host.runner.last_env == {"AWS_ACCESS_KEY_ID": "ASIAABC1"}  # the session's key, in the environment only
     assert manager.mountpoint(NAME).stat().st_uid == UID  # the container may see it before the mount
     assert saved_status(host) == "mounted"
     # The last caller leaves: the mount comes down, the mounter ends, the staging area goes.
@@ -360,7 +377,7 @@ def test_what_a_dead_mounter_left_is_recovered_before_its_staging_area_goes(host
     host.store.refuses_all = False
     manager.unmount(NAME, "container-1")
     [(target, credentials)] = host.mounter.recovered
-    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC"
+    assert target.staging.image == host.staging.taken[0] and credentials.access_key == "ASIAABC2"
     assert host.minted == [SID, SID]  # fresh credentials: the dead process's may have expired
     state = manager.get(NAME)
     if recovery == "works":
@@ -371,7 +388,8 @@ def test_what_a_dead_mounter_left_is_recovered_before_its_staging_area_goes(host
 
 def test_a_leftover_staging_area_with_a_sync_index_is_never_removed_at_start(tmp_path: Path) -> None:
     """After a host restart no live volume claims a local-first workspace's image; its files may
-    not all be in S3, so the pool keeps it (and says so), and discards only plain spares."""
+    not all be in S3, so the pool keeps it and names it (the service sends it to S3 first), and
+    discards only plain spares."""
     from provisioning.volumed.staging import StagingPool
 
     root = tmp_path / "staging"
@@ -379,8 +397,96 @@ def test_a_leftover_staging_area_with_a_sync_index_is_never_removed_at_start(tmp
     for name in ("spare", "workspace", "live"):
         (root / f"{name}.img").write_bytes(b"")
     (root / "workspace.index.json").write_text("{}")
-    logged: list[str] = []
-    StagingPool(root, "1g", spares=0, log=logged.append).start({root / "live.img"})
+    orphans = StagingPool(root, "1g", spares=0).start({root / "live.img"})
     assert sorted(p.name for p in root.iterdir()) == ["live.img", "workspace.img", "workspace.index.json"]
-    assert logged == [f"kept {root / 'workspace.img'}: a session's files that may not all be in S3 (its index "
-                      f"{root / 'workspace.index.json'} names the session's prefix)"]
+    assert orphans == [root / "workspace.img"]
+
+
+SCOPED = dataclasses.replace(SETTINGS, scoped_credentials=True, session_lifetime=3600,
+                             sts_role_arn="arn:aws:iam::000000000000:role/unit").validated()
+
+
+def test_credentials_are_renewed_at_half_life_for_a_mounter_that_takes_them(host: Host) -> None:
+    host.settings, host.mounter.renews = SCOPED, True
+    manager, _ref = mounted(host)
+    assert manager.workspaces.renew_due() == [] and host.minted == [SID]  # fresh: not due for 30 minutes
+    assert manager.workspaces.renew_due(force=True) == [NAME]  # SIGHUP: every one, now
+    assert [c.access_key for c in host.mounter.renewed] == ["ASIAABC2"] and host.minted == [SID, SID]
+    assert manager.workspaces.renew_due() == []  # just renewed
+    # A restarted service cannot know when the live mounter's credentials were minted: at once.
+    second = host.service()
+    assert second.workspaces.renew_due() == [NAME]
+    assert second.workspaces.renew_due() == []
+    second.unmount(NAME, "container-1")
+    assert second.workspaces.renew_due(force=True) == []  # gone with its mount
+
+
+def test_a_failed_renewal_is_logged_with_the_reason_and_tried_again(host: Host) -> None:
+    host.settings, host.mounter.renews = SCOPED, True
+    manager, _ref = mounted(host)
+    logged: list[str] = []
+    manager.workspaces._log = logged.append
+    host.mint_error = VolumeError("cannot mint credentials for session abc: InvalidArgument: duration too long")
+    assert manager.workspaces.renew_due(force=True) == []
+    assert logged == [f"{NAME}: credentials not renewed (tried again shortly): cannot mint credentials for "
+                      "session abc: InvalidArgument: duration too long"]
+    host.mint_error = None
+    host.mounter.renew_error = "the workspace's sync process did not take the fresh credentials"
+    assert manager.workspaces.renew_due(force=True) == []
+    host.mounter.renew_error = ""
+    assert manager.workspaces.renew_due(force=True) == [NAME]
+
+
+def test_nothing_is_renewed_for_a_mounter_that_reads_its_keys_once_or_for_the_parent_key(host: Host) -> None:
+    host.settings = SCOPED
+    manager, _ref = mounted(host)  # the fake mounter as s3fs: renews is False
+    assert manager.workspaces.renew_due(force=True) == [] and host.minted == [SID]
+    host.settings, host.mounter.renews = SETTINGS, True
+    unscoped = host.service()
+    assert unscoped.workspaces.renew_due(force=True) == []  # the parent key does not expire
+
+
+def orphan(host: Host, name: str, **index: object) -> Path:
+    """A staging image and its sync index, as a host restart leaves them (no volume claims it)."""
+    import json
+
+    image = host.staging.root / f"{name}.img"
+    image.parent.mkdir(parents=True, exist_ok=True)
+    image.write_bytes(b"")
+    described = {"bucket": SETTINGS.bucket, "prefix": f"sessions/{SID}", "uid": UID, "gid": UID, "synced": {},
+                 "remote": {}, **index}
+    image.with_suffix(".index.json").write_text(json.dumps(described))
+    return image
+
+
+def test_an_orphaned_local_workspace_goes_to_s3_at_start_then_is_removed(host: Host) -> None:
+    image = orphan(host, "orphan-a")
+    logged: list[str] = []
+    manager = VolumeManager(SETTINGS, data_dir=host.root / "data", state_dir=host.root / "state", mint=host.mint,
+                            store=host.store, runner=host.runner, staging=host.staging,  # type: ignore[arg-type]
+                            mounter_for=lambda _name: host.mounter, log=logged.append)
+    manager.start()
+    poll_until(lambda: host.staging.released or None, 5, AssertionError)
+    [(target, credentials)] = host.mounter.recovered
+    assert (target.session_id, target.uid, target.staging.image) == (SID, UID, image)
+    assert credentials.access_key == "ASIAABC1" and host.staging.attached == [image]
+    assert host.staging.released == [image]
+    assert any("are in S3; removed" in line for line in logged), logged
+
+
+@pytest.mark.parametrize(("index", "failure", "reason"), [
+    ({"bucket": "another-bucket"}, "", "its index names the bucket 'another-bucket'"),
+    ({"prefix": "elsewhere/abc"}, "", "which is no session's"),
+    ({}, "fail", "the recovery could not send 2 files"),
+])
+def test_an_orphan_that_cannot_be_sent_is_kept_and_the_reason_logged(host: Host, index: dict[str, object],
+                                                                     failure: str, reason: str) -> None:
+    orphan(host, "orphan-b", **index)
+    host.mounter.drains = failure
+    logged: list[str] = []
+    manager = VolumeManager(SETTINGS, data_dir=host.root / "data", state_dir=host.root / "state", mint=host.mint,
+                            store=host.store, runner=host.runner, staging=host.staging,  # type: ignore[arg-type]
+                            mounter_for=lambda _name: host.mounter, log=logged.append)
+    manager.start()
+    poll_until(lambda: [line for line in logged if "kept" in line] or None, 5, AssertionError)
+    assert host.staging.released == [] and reason in " ".join(logged), logged

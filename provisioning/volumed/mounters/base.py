@@ -11,6 +11,7 @@ from typing import Protocol
 
 from ...config import Credentials, ValidSettings
 from ...validation import SessionId
+from ..fuseproc import MountError
 from ..staging import Staging
 
 
@@ -49,6 +50,8 @@ Refuses = Callable[[list[HeldFile]], bool]
 
 class Mounter(Protocol):
     name: str
+    renews: bool  # takes fresh credentials while mounted (``renew``); else the first ones last the session
+
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         """The foreground process that mounts ``target``."""
@@ -66,6 +69,10 @@ class Mounter(Protocol):
         """Return once every write made through the mount before the call is in S3; MountError
         naming what is not after ``timeout``. The session keeps running (``session sync``)."""
 
+    def renew(self, control: str, credentials: Credentials, timeout: float) -> None:
+        """Hand the mounter fresh credentials, user code running on (only where ``renews``);
+        MountError if it did not take them."""
+
     def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
                 timeout: float) -> None:
         """After the mounter process died: get what it left on host disk to S3 without it (the
@@ -73,6 +80,11 @@ class Mounter(Protocol):
 
     def check(self) -> None:
         """Raise MountError naming the fix when this host cannot run the mounter."""
+
+
+def credentials_only_at_mount(name: str) -> MountError:
+    return MountError(f"{name} takes credentials only when it mounts: its session lasts one credential "
+                      "lifetime (session_lifetime); the local mounter renews them")
 
 
 def aws_env(credentials: Credentials) -> dict[str, str]:

@@ -23,6 +23,7 @@ STALLED_AFTER, ASK_EVERY = 2.0, 5.0  # when to ask the store whether it refuses 
 
 class LocalMounter:
     name = "local"
+    renews = True  # on the sync process's control socket: its next request signs with them
 
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         control = target.staging.mountpoint / "sync.sock"
@@ -77,6 +78,12 @@ class LocalMounter:
         answer = ask(control, "flush", timeout)
         if not answer.get("ok"):
             raise MountError(f"not in S3: {_named(answer)}")
+
+    def renew(self, control: str, credentials: Credentials, timeout: float) -> None:
+        keys = {"AccessKeyId": credentials.access_key, "SecretAccessKey": credentials.secret_key,
+                "SessionToken": credentials.session_token}
+        if not ask(control, "renew " + json.dumps(keys), timeout).get("ok"):
+            raise MountError("the workspace's sync process did not take the fresh credentials")
 
     def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
                 timeout: float) -> None:

@@ -28,7 +28,7 @@ from typing import Any
 from ... import facts
 from ...config import Credentials, ValidSettings
 from ..fuseproc import MountError
-from .base import HeldFile, MountCommand, MountTarget, Refuses
+from .base import HeldFile, MountCommand, MountTarget, Refuses, credentials_only_at_mount
 
 # A file closed this long ago is uploaded: the most a crash of the host (not a stop) can lose.
 WRITE_BACK = "1s"
@@ -54,6 +54,8 @@ def _free_port() -> int:
 
 class RcloneMounter:
     name = "rclone"
+    # rclone reads its keys from the environment once, at start.
+    renews = False
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or shutil.which("rclone") or "rclone"
@@ -143,6 +145,9 @@ class RcloneMounter:
                 return dict(json.load(response))
         except (urllib.error.URLError, OSError, ValueError) as exc:
             raise MountError(f"rclone's remote control at {ctl['addr']} does not answer: {exc}") from None
+
+    def renew(self, control: str, credentials: Credentials, timeout: float) -> None:
+        raise credentials_only_at_mount(self.name)
 
     def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
                 timeout: float) -> None:

@@ -9,11 +9,14 @@ from ...config import Credentials, ValidSettings
 from ...hostinfo import s3fs_binary
 from ...s3fsopts import s3fs_mount
 from ..fuseproc import MountError
-from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env
+from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env, credentials_only_at_mount
 
 
 class S3fsMounter:
     name = "s3fs"
+    # s3fs 1.90-1.95 reads its keys once, at start (it re-reads only an IAM role's or the ECS
+    # endpoint's, at fixed link-local addresses).
+    renews = False
 
     def __init__(self, binary: str | None = None) -> None:
         self.binary = binary or s3fs_binary() or "s3fs"
@@ -45,6 +48,9 @@ class S3fsMounter:
 
     def sync(self, control: str, timeout: float) -> None:
         """Nothing to wait for: s3fs uploads each file when it is closed (or fsynced)."""
+
+    def renew(self, control: str, credentials: Credentials, timeout: float) -> None:
+        raise credentials_only_at_mount(self.name)
 
     def recover(self, settings: ValidSettings, target: MountTarget, credentials: Credentials,
                 timeout: float) -> None:
