@@ -20,7 +20,6 @@ from .validation import parse_s3fs_option_list
 
 if TYPE_CHECKING:
     from .launcher import SessionManager
-    from .storage import SessionStorage
 
 # Modules a command needs are imported by that command: `--help` and `session exec` start without
 # boto3, the image builder or the Swarm backend.
@@ -60,11 +59,6 @@ def _manager(args: argparse.Namespace) -> SessionManager:
     from .launcher import SessionManager
 
     return SessionManager(_settings(args))
-
-
-def _storage(args: argparse.Namespace) -> SessionStorage:
-    """Where sessions' files live: the same place their workspaces are mounted from."""
-    return _manager(args).storage
 
 
 # -- doctor --------------------------------------------------------------------------------
@@ -133,15 +127,14 @@ def cmd_session_exec(args: argparse.Namespace) -> int:
 
 
 def cmd_session_upload(args: argparse.Namespace) -> int:
-    storage = _storage(args)
-    key = storage.upload(args.session_id, Path(args.file), args.name)
-    print(f"uploaded {args.file} to s3://{storage.settings.bucket}/{key}")
+    manager = _manager(args)
+    key = manager.upload(args.session_id, Path(args.file), args.name)
+    print(f"uploaded {args.file} to s3://{manager.settings.bucket}/{key}")
     return 0
 
 
 def cmd_session_artifacts(args: argparse.Namespace) -> int:
-    storage = _storage(args)
-    items = storage.list(args.session_id, "uploads" if args.uploads else "artifacts")
+    items = _manager(args).files(args.session_id, "uploads" if args.uploads else "artifacts")
     if args.json:
         _print_json([{"name": i.name, "key": i.key, "size": i.size} for i in items])
     else:
@@ -151,18 +144,19 @@ def cmd_session_artifacts(args: argparse.Namespace) -> int:
 
 
 def cmd_session_download(args: argparse.Namespace) -> int:
-    storage = _storage(args)
+    manager = _manager(args)
     if args.output == "-":
-        sys.stdout.buffer.write(storage.get_bytes(args.session_id, "artifacts", args.name))
+        sys.stdout.buffer.write(manager.read(args.session_id, args.name))
         return 0
-    dest = storage.download(args.session_id, args.name, Path(args.output or "."))
+    dest = manager.download(args.session_id, args.name, Path(args.output or "."))
     print(f"downloaded {args.name} to {dest}", file=sys.stderr)
     return 0
 
 
 def cmd_session_sync(args: argparse.Namespace) -> int:
     _manager(args).sync(args.session_id, timeout=args.timeout)
-    print(f"session {args.session_id}: every write made before this command is in S3")
+    print(f"session {args.session_id}: every write made before this command is in S3, and what was put "
+          "into S3 before it is in the workspace")
     return 0
 
 

@@ -16,9 +16,11 @@ from .executor_client import ExecResult
 from .mounts import MountStrategy, strategy_for
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     import docker
 
-    from .storage import SessionStorage
+    from .storage import ObjectInfo, SessionStorage
 
 __all__ = ["SessionError", "SessionExists", "SessionInfo", "SessionManager", "SessionNotFound"]
 
@@ -82,9 +84,39 @@ class SessionManager:
         return self.executor(session_id).health()
 
     def sync(self, session_id: str, timeout: float = facts.DRAIN_TIMEOUT) -> None:
-        """Return once every write the session made before the call is in S3 (it runs on);
-        SessionError naming what is not, after ``timeout`` seconds at most."""
+        """Return once every write the session made before the call is in S3, and what others
+        put before it is in the workspace (it runs on); SessionError naming what is not, after
+        ``timeout`` seconds at most."""
         self.backend.sync(validation.session_id(session_id), timeout)
+
+    # -- the session's files, as the platform sees them -----------------------------------------
+    # A running session's workspace and S3 agree at each of these calls: an upload is in the
+    # workspace when upload() returns, and what the session wrote before a listing or a download
+    # is in S3 for it (the local-first workspace syncs behind the session; s3fs needs nothing).
+    def upload(self, session_id: str, source: Path, name: str | None = None) -> str:
+        key = self.storage.upload(session_id, source, name)
+        self._agree(session_id)
+        return key
+
+    def files(self, session_id: str, area: str = "artifacts") -> builtins.list[ObjectInfo]:
+        self._agree(session_id)
+        return self.storage.list(session_id, area)
+
+    def read(self, session_id: str, name: str, area: str = "artifacts") -> bytes:
+        self._agree(session_id)
+        return self.storage.get_bytes(session_id, area, name)
+
+    def download(self, session_id: str, name: str, dest: Path, area: str = "artifacts") -> Path:
+        self._agree(session_id)
+        return self.storage.download(session_id, name, dest, area)
+
+    def _agree(self, session_id: str) -> None:
+        """``sync`` for a running session (its workspace pulls what others put, then sends what
+        it wrote); a session that is not running has everything in S3 already."""
+        sid = validation.session_id(session_id)
+        info = self.backend.find(sid)
+        if info is not None and info.status == "running":
+            self.backend.sync(sid, facts.DRAIN_TIMEOUT)
 
     # -- stop -----------------------------------------------------------------------------------
     def stop(self, session_id: str, timeout: int = 30) -> int:
