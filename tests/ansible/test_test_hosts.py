@@ -247,6 +247,52 @@ def test_a_drained_node_keeps_its_sessions_and_takes_no_new_ones(manager) -> Non
         fleet(manager, "fleet", "resume", busy)
 
 
+MOVED = """
+import json, os, stat
+os.chdir("/workspace")
+if not os.path.exists("artifacts/tool.sh"):
+    os.makedirs("artifacts/empty")
+    os.makedirs("artifacts/private")
+    open("artifacts/tool.sh", "w").write("#!/bin/sh\\necho tool\\n")
+    open("artifacts/private/notes.txt", "w").write("notes")
+    os.symlink("tool.sh", "artifacts/link")
+    os.chmod("artifacts/tool.sh", 0o755)
+    os.chmod("artifacts/private", 0o700)
+    os.utime("artifacts/tool.sh", (1000000000, 1000000000))
+    os.utime("artifacts/private/notes.txt", (1100000000, 1100000000))
+out = {}
+for path in ("artifacts/tool.sh", "artifacts/private", "artifacts/private/notes.txt", "artifacts/empty",
+             "artifacts/link"):
+    st = os.lstat(path)
+    out[path] = [oct(stat.S_IMODE(st.st_mode)), stat.S_ISLNK(st.st_mode), int(st.st_mtime)
+                 if not stat.S_ISDIR(st.st_mode) else 0]
+out["link ->"] = os.readlink("artifacts/link")
+out["notes"] = open("artifacts/private/notes.txt").read()
+print(json.dumps(out, sort_keys=True))
+"""
+
+
+def test_a_local_first_session_moves_to_another_node_with_its_files_modes_and_mtimes(manager) -> None:
+    """Stopped on one node (everything sent to S3, with s3fs's mode and mtime headers), created
+    again on another (its node drained meanwhile): the same files, modes, mtimes and links."""
+    sid = "mv" + secrets.token_hex(4)
+    first = json.loads(fleet(manager, "session", "create", sid, "--mounter", "local", "--json"))["node"]
+    before = in_session(manager, sid, MOVED)
+    fleet(manager, "session", "stop", sid)
+    fleet(manager, "fleet", "drain", first)
+    try:
+        second = json.loads(fleet(manager, "session", "create", sid, "--mounter", "local", "--json"))["node"]
+        assert second != first
+        after = in_session(manager, sid, MOVED)
+        fleet(manager, "session", "stop", sid)
+    finally:
+        fleet(manager, "fleet", "resume", first)
+    assert after == before, (before, after)
+    seen = json.loads(after)
+    assert seen["artifacts/tool.sh"] == ["0o755", False, 1000000000] and seen["artifacts/private"][0] == "0o700"
+    assert seen["link ->"] == "tool.sh" and seen["notes"] == "notes"
+
+
 def test_no_room_fails_clearly_and_leaves_nothing(manager) -> None:
     sid = "huge" + secrets.token_hex(3)
     started = time.monotonic()
