@@ -64,8 +64,11 @@ def _unescape_mountinfo(path: str) -> str:
     return path.replace("\\040", " ").replace("\\011", "\t").replace("\\012", "\n").replace("\\134", "\\")
 
 
+LOCAL_TREE = "/ws"  # the local-first workspace's tree, in its own filesystem (mounters/local.py)
+
+
 def workspace_health(workspace: str) -> dict[str, object]:
-    fstype = None
+    fstype = root = None
     stacked = 0
     try:
         with open("/proc/self/mountinfo", encoding="utf-8") as handle:
@@ -73,13 +76,15 @@ def workspace_health(workspace: str) -> dict[str, object]:
                 fields = line.split()
                 if len(fields) > 5 and _unescape_mountinfo(fields[4]) == workspace:
                     fstype = fields[fields.index("-") + 1]  # the last mount on top wins
+                    root = _unescape_mountinfo(fields[3])
                     stacked += 1
     except OSError as exc:
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": None,
                 "detail": f"cannot read mountinfo: {exc}"}
-    # A FUSE mount (s3fs, rclone); or a mount that arrived over the volume Docker bound there
-    # (the local-first workspace: the session's filesystem, mounted on the host after the start).
-    if fstype is None or not (fstype.startswith("fuse") or stacked >= 2):
+    # A FUSE mount (s3fs, rclone); or the local-first workspace's tree: a mount that arrived over
+    # the volume Docker bound there (the host mounted it after the start), or the tree itself
+    # where the host mounted it before Docker bound the volume.
+    if fstype is None or not (fstype.startswith("fuse") or stacked >= 2 or root == LOCAL_TREE):
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": fstype,
                 "detail": f"{workspace} is not mounted yet"}
     try:

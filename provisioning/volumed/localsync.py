@@ -63,6 +63,7 @@ DEFAULT_DIR_MODE, DEFAULT_FILE_MODE = 0o750, 0o640  # objects s3fs did not descr
 MAX_NAME = 255
 MAX_REPORTED = 100  # failures a flush names (and how many more there are)
 UNREACHABLE = "S3 is unreachable: "  # a failure of the connection, not the store's answer
+BUSY = "S3 is busy: "  # a 5xx or 429 answer (SlowDown) after the client's own tries: a flush tries again
 RENEW_MAX = 16 << 10  # a control request's longest line (a renewal carries a session token)
 
 
@@ -432,7 +433,10 @@ class Mirror:
             return ""  # removed meanwhile: the next round deletes it
         except OSError as exc:
             return f"cannot read it: {exc.strerror or exc}"
-        except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError, ValueError) as exc:
+        except botocore.exceptions.ClientError as exc:
+            status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            return f"{BUSY if status >= 500 or status == 429 else 'S3 refused it: '}{exc}"
+        except (botocore.exceptions.BotoCoreError, ValueError) as exc:
             return f"S3 refused it: {exc}"
 
     def _delete(self, gone: list[tuple[str, Entry]]) -> list[Failure]:
@@ -565,10 +569,15 @@ class Mirror:
             self._log(f"not pulled yet: {failure}")
         for _ in range(FLUSH_ROUNDS):
             failures = self.sync()
-            if failures:
+            if failures and not all(f.reason.startswith(BUSY) for f in failures):
                 return failures
+            if failures:
+                time.sleep(0.5)  # a store that throttles (past the client's own tries): another round
+                continue
             if not self.pending:
                 return self.verify()
+        if failures:
+            return failures
         return [Failure("", f"{self.pending} path(s) kept changing through {FLUSH_ROUNDS} rounds", held=False)]
 
 
@@ -703,7 +712,21 @@ def bind(source: Path, mountpoint: Path) -> None:
     subprocess.run(["mount", "-o", "remount,bind,nosuid,nodev", str(mountpoint)], check=True, capture_output=True)
 
 
+def warm_up() -> None:
+    """What a spare does before its job: Python and boto3 loaded, S3's model cached in boto3's
+    default session (the job's client is then made in milliseconds, not ~0.3 s)."""
+    import boto3
+
+    boto3.client("s3", region_name="us-east-1", aws_access_key_id="spare", aws_secret_access_key="spare")
+
+
 def main(argv: list[str] | None = None) -> int:
+    from .fuseproc import SPARE_FLAG, take_job
+
+    argv = sys.argv[1:] if argv is None else argv
+    if argv == [SPARE_FLAG]:  # started ahead of time by the volume service (fuseproc.Spares)
+        warm_up()
+        argv = take_job(sys.stdin.buffer)
     parser = argparse.ArgumentParser(prog="localsync")
     for name in ("endpoint", "region", "bucket", "prefix", "source", "mountpoint", "control"):
         parser.add_argument(f"--{name}", required=True)

@@ -77,7 +77,7 @@ class VolumeManager:
             os.chmod(path, 0o700)  # host users may not even traverse to a workspace
         self.files = StateFiles(state_dir)
         self.control = ControlVolumes(data_dir / "control")
-        self.runner = runner or fuseproc.HostRunner()
+        self.runner = runner or fuseproc.HostRunner(spares=[mounters.local.PROGRAM])
         sts = creds_mod.sts_client(settings) if settings.scoped_credentials and mint is None else None
 
         def mint_scoped(settings: ValidSettings, session_id: SessionId) -> Credentials:

@@ -51,6 +51,32 @@ def test_health_takes_a_mount_over_the_volumes_bind_and_not_the_bind_alone(tmp_p
         subprocess.run(["umount", str(workspace)], check=True)
 
 
+def test_health_takes_the_local_tree_bound_before_docker_bound_the_volume(tmp_path: Path) -> None:
+    """The host mounted the session's tree (its filesystem's /ws) before Docker bound the volume
+    (a fast mount): one mount at /workspace, and its root says it is the tree."""
+    import subprocess
+
+    workspace, fs = tmp_path / "workspace", tmp_path / "fs"
+    for path in (workspace, fs):
+        path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(fs)], check=True)
+    try:
+        (fs / "ws").mkdir()
+        (fs / "other").mkdir()
+        subprocess.run(["mount", "--bind", str(fs / "other"), str(workspace)], check=True)
+        try:
+            assert load_app().workspace_health(str(workspace))["ok"] is False  # not the tree
+        finally:
+            subprocess.run(["umount", str(workspace)], check=True)
+        subprocess.run(["mount", "--bind", str(fs / "ws"), str(workspace)], check=True)
+        try:
+            assert load_app().workspace_health(str(workspace))["ok"] is True
+        finally:
+            subprocess.run(["umount", str(workspace)], check=True)
+    finally:
+        subprocess.run(["umount", str(fs)], check=True)
+
+
 def test_runner_returns_when_command_exits_even_if_children_hold_pipes(tmp_path: Path) -> None:
     runner = load_app().Runner(str(tmp_path))
     started = time.monotonic()

@@ -17,7 +17,9 @@ from ...escape import printable
 from ..fuseproc import MountError
 from .base import HeldFile, MountCommand, MountTarget, Refuses, aws_env
 
-WORKSPACE_DIR = "ws"  # the tree, in the staging area (which also holds the control socket)
+PROGRAM = [sys.executable, "-m", "provisioning.volumed.localsync"]  # the volume service keeps a spare ready
+WORKSPACE_DIR = "ws"  # the tree, in the staging area (also holding the control socket); the executor knows
+# the tree by it (executor/app/executor.py, LOCAL_TREE), when it was mounted before Docker bound the volume
 STALLED_AFTER, ASK_EVERY = 2.0, 5.0  # when to ask the store whether it refuses the files left, and again
 
 
@@ -28,7 +30,7 @@ class LocalMounter:
     def command(self, settings: ValidSettings, target: MountTarget, credentials: Credentials) -> MountCommand:
         control = target.staging.mountpoint / "sync.sock"
         source = str(target.staging.mountpoint / WORKSPACE_DIR)
-        argv = [sys.executable, "-m", "provisioning.volumed.localsync",
+        argv = [*PROGRAM,
                 "--endpoint", settings.s3_endpoint, "--region", settings.region, "--bucket", settings.bucket,
                 "--prefix", facts.session_prefix(target.session_id),
                 "--source", source, "--mountpoint", str(target.mountpoint),
