@@ -33,7 +33,6 @@ OPTION_SETS: dict[str, tuple[str, dict[str, object]]] = {
     "s3fs, caches + multireq_max 64 + parallel_count 16": ("s3fs", {
         "stat_cache_expire": 900, "max_stat_cache_size": 100000, "enable_noobj_cache": True,
         "multireq_max": 64, "parallel_count": 16}),
-    "rclone, VFS cache full, write-back 1 s, dir cache 5 s": ("rclone", {}),
     "local-first (files on the session's disk, S3 synced behind)": ("local", {}),
 }
 

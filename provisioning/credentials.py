@@ -8,7 +8,7 @@ RoleArn names a real role), AWS, and the embedded dev endpoint.
 
 Each lasts ``session_lifetime`` (1 h by default: what a store's role allows unless it says
 more). The volume service renews them at half-life for a mounter that takes fresh ones while
-mounted (``local``); s3fs and rclone read theirs once, so their sessions last one lifetime.
+mounted (``local``); s3fs reads its once, so its sessions last one lifetime.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ def session_policy(bucket: str, session_id: SessionId) -> dict[str, Any]:
     whose prefix lies there. Nothing else: not the bucket root, not another session. A listing
     prefix must include the trailing '/': ``sessions/ab`` would also list the key names of
     ``sessions/abc/`` (seen on Ceph RGW). An object may be written with the canned ACL
-    ``private`` (what it has anyway; rclone 1.60 always sends it) and no other ACL or grant."""
+    ``private`` (what it has anyway; some clients always send it) and no other ACL or grant."""
     prefix = facts.session_prefix(session_id)
     return {
         "Version": "2012-10-17",

@@ -51,8 +51,6 @@ class Doctor:
             checks += [self.loop(), self.volume_driver(settings), self.agreement(settings)]
         if settings.network != "host" and settings.backend == "docker":
             checks.append(self.network(settings))
-        if host and settings.mounter == "rclone":
-            checks.append(self.rclone())
         engine, client = self.engine()
         checks.append(engine)
         checks.append(self.image(client, settings))
@@ -73,16 +71,6 @@ class Doctor:
                          "bucket root at mount time, which scoped credentials refuse (s3fs-fuse#2063)",
                          f"run playbooks/s3fs.yml (installs s3fs 1.95 at {facts.S3FS_RUNTIME})")
         return Check("s3fs", True, f"{binary}: {_version(version)}")
-
-    def rclone(self) -> Check:
-        import shutil
-
-        binary = shutil.which("rclone")
-        if binary is None:
-            return Check("rclone", False, "mounter is rclone but rclone is not installed",
-                         "apt-get install rclone "
-                         "(or sandbox_host_rclone_install: true and rerun playbooks/runtime.yml)")
-        return Check("rclone", True, binary)
 
     def fuse(self) -> Check:
         ok, detail = hostinfo.fuse_device()

@@ -7,8 +7,8 @@ s3fs's requests), so this module verifies every request before moto sees it:
 * **Authentication** (:class:`SigV4Verifier`): SigV4 in the Authorization header only
   (presigned URLs are refused: nothing in the project uses them), with ``host`` and every
   ``x-amz-*`` header signed, and the payload's SHA-256 checked against the body it signs
-  (``UNSIGNED-PAYLOAD`` is accepted, as S3 does: rclone uploads so; aws-chunked streaming is
-  refused: boto3, s3fs and rclone send bodies whole). The body is read (bounded) and buffered before moto gets it.
+  (``UNSIGNED-PAYLOAD`` is accepted, as S3 does: some clients upload so; aws-chunked streaming is
+  refused: boto3 and s3fs send bodies whole). The body is read (bounded) and buffered before moto gets it.
 * **STS AssumeRole** at ``POST /`` (service ``sts``), for the root key pair only: temporary
   credentials, kept in memory with their session policy and expiry, that need their
   ``x-amz-security-token``.
@@ -618,7 +618,7 @@ def _payload_hash(service: str, claimed: str | None, computed: str | None) -> st
     if claimed is None:
         raise AuthError("InvalidRequest", "Missing required header for this request: x-amz-content-sha256")
     if claimed == "UNSIGNED-PAYLOAD":
-        return claimed  # as S3 does: the signature covers the headers, not the body (rclone uploads so)
+        return claimed  # as S3 does: the signature covers the headers, not the body (some clients upload so)
     if claimed.startswith("STREAMING-"):
         raise AuthError("InvalidRequest", f"x-amz-content-sha256: {claimed} (aws-chunked streaming) is not accepted "
                                           "by this endpoint: send the body whole and sign its SHA-256")
@@ -773,7 +773,7 @@ class ServerLimits:
     may take to send a request's line and headers in total (a trickle does not reset it).
     ``max_per_peer``: connections one peer holds at once; a further one is answered 503 SlowDown
     at once. A local peer is the uid that owns its socket, not 127.0.0.1, so a local user cannot
-    take the slots of root's clients (s3fs, rclone, the CLI). 64 is what the whole endpoint
+    take the slots of root's clients (s3fs, the sync processes, the CLI). 64 is what the whole endpoint
     allowed before: no single client has fewer than it had.
     ``max_connections``: connections served at once, all peers together; each holds one thread.
     A further connection waits (in the accept loop, then the listen backlog) up to

@@ -1,4 +1,4 @@
-"""One mounter process (s3fs or rclone) per session on the host: start it, see its mount
+"""One mounter process (s3fs, or the local sync process) per session on the host: start it, see its mount
 appear, unmount it, and watch it (also after the service restarted: by pidfd, not by being its
 parent). What each mounter runs, and how it gets its writes to S3, is in ``mounters``."""
 
@@ -27,7 +27,7 @@ class MountError(SandboxHostError):
 
 def log_tail(log: Path, lines: int = 1) -> str:
     """The last lines of a mounter's log that say more than [INF], escaped: they quote the names
-    of files user code made (rclone's errors start with the file's name)."""
+    of files user code made."""
     try:
         text = log.read_text(errors="replace")
     except OSError:
@@ -47,7 +47,7 @@ def start(argv: list[str], secrets_env: dict[str, str], log: Path) -> subprocess
                                 start_new_session=True, close_fds=True)
     except OSError as exc:
         raise MountError(f"cannot start {argv[0]}: {exc.strerror}; install it (playbooks/s3fs.yml installs "
-                         "s3fs, and rclone where sandbox_host_mounter is rclone)") from None
+                         "s3fs)") from None
     finally:
         os.close(fd)
 

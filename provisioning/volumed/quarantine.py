@@ -1,4 +1,4 @@
-"""Files the store refuses for good (rclone holds them back: a name S3 cannot take) are copied
+"""Files the store refuses for good (the local sync process holds them back: a name S3 cannot take) are copied
 here before their volume is torn down, so that nothing written is lost silently: under the
 service's data directory (root's, 0700, on disk: they outlive the volume and a reboot), at most
 ``max_bytes`` in all."""

@@ -57,7 +57,7 @@ class ServiceStore:
             status = int(exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
             return False if 400 <= status < 500 and status not in (408, 429) else None
         except (botocore.exceptions.BotoCoreError, UnicodeError):
-            return None  # unreachable; or a name that is not UTF-8 (rclone encodes those: never held)
+            return None  # unreachable; or a name that is not UTF-8 (S3 takes none: never held)
         try:
             self._s3.abort_multipart_upload(Bucket=self.bucket, Key=key, UploadId=upload["UploadId"])
         except (botocore.exceptions.BotoCoreError, botocore.exceptions.ClientError) as exc:

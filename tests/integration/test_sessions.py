@@ -172,57 +172,6 @@ def test_write_then_immediate_stop_loses_nothing(manager: SessionManager, storag
     assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
 
 
-@pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone"])
-def test_rclone_write_back_is_drained_before_stop_returns(manager: SessionManager, storage: SessionStorage) -> None:
-    """rclone keeps writes on host disk for a moment after each close: a stop right after 300
-    small files, a 12 MiB one and one still open finds every byte in S3 (the teardown drains)."""
-    sid = session_id()
-    manager.create(sid)
-    run_ok(manager, sid, """
-        import os, subprocess, time
-        os.makedirs("artifacts/many")
-        for i in range(300):
-            open(f"artifacts/many/{i}.txt", "w").write(str(i) * 40)
-        with open("artifacts/big.bin", "wb") as f:
-            f.write(bytes(range(256)) * 49152)
-        subprocess.Popen(["python3", "-c",
-                          "import time; f=open('artifacts/open.txt','w'); f.write('held'); f.flush(); time.sleep(600)"],
-                         start_new_session=True)
-        while not os.path.exists("artifacts/open.txt"):
-            time.sleep(0.01)
-    """)
-    assert manager.stop(sid, timeout=20) == 0
-    assert storage.get_bytes(sid, "artifacts", "big.bin") == bytes(range(256)) * 49152
-    assert all(storage.get_bytes(sid, "artifacts", f"many/{i}.txt") == (str(i) * 40).encode() for i in range(300))
-    assert storage.get_bytes(sid, "artifacts", "open.txt") == b"held"
-
-
-@pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone"])
-def test_rclone_drain_that_fails_fails_the_stop_and_keeps_the_data(manager: SessionManager, storage: SessionStorage,
-                                                                   docker_engine: docker.DockerClient,
-                                                                   volume_service: Any) -> None:
-    """rclone frozen (SIGSTOP) with a write still queued: the stop fails and names what it kept;
-    once rclone runs again, removing the volume drains it and the file reaches S3."""
-    sid = session_id()
-    manager.create(sid)
-    run_ok(manager, sid, "open('artifacts/queued.txt', 'w').write('keep me')")
-    [state] = [json.loads(f.read_text()) for f in volume_service.state_dir().glob("*.json")
-               if json.loads(f.read_text())["session_id"] == sid and json.loads(f.read_text())["kind"] == "workspace"]
-    os.kill(state["pid"], signal.SIGSTOP)
-    try:
-        with pytest.raises(SessionError, match="not all of its writes reached S3.*staging area"):
-            manager.stop(sid, timeout=10)
-        assert containers_for(docker_engine, storage.settings.bucket) == []
-        with pytest.raises(StorageError):
-            storage.get_bytes(sid, "artifacts", "queued.txt")
-    finally:
-        os.kill(state["pid"], signal.SIGCONT)
-    docker_engine.api.remove_volume(state["name"], force=True)  # drains now, then unmounts
-    assert storage.get_bytes(sid, "artifacts", "queued.txt") == b"keep me"
-
-
 # A name the embedded endpoint cannot store (it answers 404 to a key with a newline); the escapes
 # would set the terminal's title, clear the screen and forge a line if printed raw.
 HOSTILE_NAME = "a\n\x1b]0;pwned\x07\x1b[2Jstopped cleanly"
@@ -236,7 +185,7 @@ def workspace_state(volume_service: Any, sid: str) -> dict[str, Any]:
 
 
 def host_leftovers(bucket: str, sid: str, state: dict[str, Any]) -> list[str]:
-    """What of a session's workspace is still on the host: its rclone or sync process, its
+    """What of a session's workspace is still on the host: its sync process, its
     mounts, its staging image."""
     remote = f"{bucket}/{facts.session_prefix(sid)}".encode()
     left = [f"mounter pid {p.name}" for p in Path("/proc").iterdir()
@@ -248,11 +197,9 @@ def host_leftovers(bucket: str, sid: str, state: dict[str, Any]) -> list[str]:
 
 
 def _is_mounter_of(argv: list[bytes], remote: bytes) -> bool:
-    if b"provisioning.volumed.localsync" in argv:
-        bucket, prefix = remote.split(b"/", 1)
-        return b"--prefix" in argv and argv[argv.index(b"--prefix") + 1:][:1] == [prefix] \
-            and argv[argv.index(b"--bucket") + 1:][:1] == [bucket]
-    return argv[0].rsplit(b"/", 1)[-1] == b"rclone" and any(a.endswith(b":" + remote) for a in argv)
+    bucket, prefix = remote.split(b"/", 1)
+    return b"provisioning.volumed.localsync" in argv and b"--prefix" in argv \
+        and argv[argv.index(b"--prefix") + 1:][:1] == [prefix] and argv[argv.index(b"--bucket") + 1:][:1] == [bucket]
 
 
 def _cmdline(proc: Path) -> bytes:
@@ -263,7 +210,7 @@ def _cmdline(proc: Path) -> bytes:
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone", "local"])
+@pytest.mark.parametrize("mounter", ["local"])
 def test_a_file_the_store_refuses_is_kept_aside_and_named_escaped(manager: SessionManager, settings: Settings,
                                                                         storage: SessionStorage, s3_store: Any,
                                                                         volume_service: Any,
@@ -309,7 +256,7 @@ def test_a_file_the_store_refuses_is_kept_aside_and_named_escaped(manager: Sessi
 
 class Outage:
     """The embedded endpoint answers 500 to every request for keys below ``path`` until end()
-    (a WSGI layer in front of it: the volume service and rclone talk to it over loopback)."""
+    (a WSGI layer in front of it: the volume service and the sync process talk to it over loopback)."""
 
     def __init__(self, server: Any, path: str) -> None:
         self.wsgi = server._server  # private: the test's own server, failing on purpose
@@ -327,7 +274,7 @@ class Outage:
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone", "local"])
+@pytest.mark.parametrize("mounter", ["local"])
 def test_a_store_failing_refuses_nothing(manager: SessionManager, settings: Settings, storage: SessionStorage,
                                               s3_store: Any, s3_server: Any, volume_service: Any) -> None:
     """The store answers 500 to the session's keys while a stop drains: no file counts as
@@ -360,13 +307,13 @@ def test_a_store_failing_refuses_nothing(manager: SessionManager, settings: Sett
 
 
 # How soon a file put into S3 from outside shows in a directory the session listed already:
-# s3fs lists S3 on every readdir; rclone trusts a listing for its dir-cache-time (5 s); the
-# local-first workspace lists the prefix every 2 s (localsync.PULL_EVERY) and downloads.
-VISIBLE_WITHIN = {"s3fs": 1.0, "rclone": 5.0, "local": 3.0}
+# s3fs lists S3 on every readdir; the local-first workspace lists the prefix every 2 s
+# (localsync.PULL_EVERY) and downloads.
+VISIBLE_WITHIN = {"s3fs": 1.0, "local": 3.0}
 
 
 @pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["s3fs", "rclone", "local"])
+@pytest.mark.parametrize("mounter", ["s3fs", "local"])
 def test_file_put_from_outside_shows_within_the_stated_time(manager: SessionManager, storage: SessionStorage,
                                                             mounter: str) -> None:
     sid = session_id()

@@ -66,7 +66,7 @@ def test_every_setting_round_trips_through_the_config_file(tmp_path: Path) -> No
         "s3_endpoint": "http://127.0.0.1:9000", "bucket": "b-1", "region": "eu-west-1",
         "access_key": 'AK"with\\quotes', "secret_key": 's"e\\c\\ret', "session_token": "tok",
         "image": "reg.example/img:1", "network": "sbx-net", "egress": "allow=203.0.113.0/24", "state_dir": "/run/x",
-        "mount": "host", "mounter": "rclone",
+        "mount": "host", "mounter": "s3fs",
         "backend": "swarm", "volume_driver": "drv", "uid_range": (2_000_000, 2_100_000), "memory": "2g",
         "cpus": 1.5, "pids_limit": 99, "tmp_size": "50m", "staging_size": "3g", "log_max_size": "2m",
         "ready_timeout": 12.5, "scoped_credentials": False, "sts_role_arn": "arn:aws:iam::123:role/r",

@@ -277,7 +277,7 @@ def test_the_example_session_policy() -> None:
 
 
 def test_the_session_policy_allows_the_private_canned_acl_only() -> None:
-    """rclone sends x-amz-acl: private with every upload: that, and nothing wider, is allowed."""
+    """Some clients send x-amz-acl: private with every upload: that, and nothing wider, is allowed."""
     policy = parse_policy(example_policy("A"))
     key = "/sandbox-sessions/sessions/A/f"
     assert authorize(policy, required_permissions(req("PUT", key, x_amz_acl="private"))) is None

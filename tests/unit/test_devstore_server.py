@@ -458,7 +458,7 @@ def test_an_unsigned_amz_header_is_refused(s3_server: EmbeddedS3Server, session_
 # -- hardening of the SigV4 check: each rejection -------------------------------------------
 def test_unsigned_payload_is_accepted_with_signed_headers(s3_server: EmbeddedS3Server, s3_credentials: Credentials,
                                                           bucket: str, root_s3: Any) -> None:
-    """As S3 does (rclone uploads so): the signature covers the headers and the literal
+    """As S3 does (some clients upload so): the signature covers the headers and the literal
     UNSIGNED-PAYLOAD; a header changed after signing is still refused."""
     root_s3.create_bucket(Bucket=bucket)
     unsigned = client(s3_server, s3_credentials.access_key, s3_credentials.secret_key, payload_signing_enabled=False)

@@ -42,7 +42,7 @@ def test_the_name_is_free_again_when_its_holder_dies_however(tmp_path: Path) -> 
 
 
 def test_children_do_not_inherit_the_lock(tmp_path: Path) -> None:
-    """s3fs and rclone outlive the service by design: they must not keep its name."""
+    """s3fs and the sync process outlive the service by design: they must not keep its name."""
     fd = hold_driver_name(tmp_path / "drv")
     try:
         assert not os.get_inheritable(fd)
