@@ -133,7 +133,7 @@ def bare_docker_batch(image: str, size: int) -> dict[str, Any]:
     return {"wall_s": round(time.perf_counter() - t, 3), "per_run": summary(times)}
 
 
-def bench_concurrency(manager: SessionManager, storage: SessionStorage, size: int) -> dict[str, Any]:
+def bench_concurrency(manager: SessionManager, size: int) -> dict[str, Any]:
     ids = [f"conc{uuid.uuid4().hex[:8]}" for _ in range(size)]
 
     def create(sid: str) -> float:
@@ -157,7 +157,7 @@ def bench_concurrency(manager: SessionManager, storage: SessionStorage, size: in
         manager.exec(sid, argv=["sh", "-c", f"echo {sid} > artifacts/me.txt"])
         seen = manager.exec(sid, argv=["sh", "-c", "find /workspace -type f | sort"]).stdout.decode().split()
         if (seen == ["/workspace/artifacts/me.txt"]
-                and storage.get_bytes(sid, "artifacts", "me.txt") == f"{sid}\n".encode()):
+                and manager.read(sid, "me.txt") == f"{sid}\n".encode()):
             isolated += 1
     with concurrent.futures.ThreadPoolExecutor(max_workers=size) as pool:
         list(pool.map(manager.stop, started))
@@ -298,7 +298,7 @@ def bench_store(store: Store, client: Any, image: str, work: Path, plan: dict[st
                                                                      client=client, storage=storage),
                                                       image, plan["runs"], network=service.network)
             print(f"[{store.name}/{strategy}] {plan['batch']} at once ...", file=sys.stderr, flush=True)
-            row["concurrency"] = bench_concurrency(manager, storage, plan["batch"])
+            row["concurrency"] = bench_concurrency(manager, plan["batch"])
             print(f"[{store.name}/{strategy}] workspace I/O ...", file=sys.stderr, flush=True)
             row["io"] = {f"{mb}MB": session_io(manager, mb, plan["files"], plan["reps"], result["boto3"][f"{mb}MB"])
                          for mb in plan["sizes"]}

@@ -325,9 +325,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "no network boundary) (env SANDBOX_NETWORK)")
     create.add_argument("--mount", help="host (default: s3fs on the host, no capability in the container) "
                         "or in-container (env SANDBOX_MOUNT)")
-    create.add_argument("--mounter", help="with --mount host: s3fs (default), rclone (write-back cache on "
-                        "host disk) or local (the files on the session's own host disk, S3 synced behind them; "
-                        "env SANDBOX_MOUNTER)")
+    create.add_argument("--mounter", help="with --mount host: local (default: the files on the session's own "
+                        "host disk, S3 synced behind them) or s3fs (every close in S3 at once, outside writes "
+                        "seen at once) (env SANDBOX_MOUNTER)")
     create.add_argument("--memory", help="memory limit, e.g. 1g")
     create.add_argument("--cpus", type=float, help="CPU limit, e.g. 1.5")
     create.add_argument("--pids-limit", type=int, help="process limit")

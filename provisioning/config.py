@@ -45,6 +45,11 @@ SERVICE_SETTINGS = SERVICE_LOCATION + SERVICE_CHOICES
 BACKENDS = ("docker", "swarm")
 
 
+def default_mounter(mount: str) -> str:
+    """The mounter a strategy uses when no setting names one."""
+    return facts.IN_CONTAINER_MOUNTER if mount == "in-container" else facts.DEFAULT_MOUNTER
+
+
 @dataclass(frozen=True)
 class Settings:
     s3_endpoint: str = ""
@@ -63,10 +68,11 @@ class Settings:
     # How /workspace is mounted: "host" (s3fs on the host, through the sandbox-host volume
     # driver; the container holds no capability) or "in-container" (s3fs inside the container).
     mount: str = "host"
-    # What mounts it on the host (host strategy): "s3fs" (every close uploads), "rclone" (rclone
-    # mount with a write-back cache on host disk) or "local" (the files on the session's own host
-    # filesystem, S3 synced behind them: local-disk speed; see docs/operations.md).
-    mounter: str = "s3fs"
+    # What mounts it on the host (host strategy): "local" (the files on the session's own host
+    # filesystem, S3 synced behind them: local-disk speed) or "s3fs" (every close uploads); see
+    # the README's table. Empty: the strategy's default (local for host; s3fs for in-container,
+    # which runs the image's s3fs).
+    mounter: str = ""
     backend: str = "docker"
     volume_driver: str = facts.VOLUME_DRIVER
     uid_range: tuple[int, int] = facts.UID_RANGE
@@ -115,7 +121,7 @@ class Settings:
             egress=str(egress.parse(self.egress)),
             state_dir=validation.state_dir(self.state_dir),
             mount=validation.choice("mount", self.mount, MOUNT_STRATEGIES),
-            mounter=validation.choice("mounter", self.mounter, facts.MOUNTERS),
+            mounter=validation.choice("mounter", self.mounter or default_mounter(self.mount), facts.MOUNTERS),
             backend=validation.choice("backend", self.backend, BACKENDS),
             volume_driver=validation.plugin_name(self.volume_driver),
             uid_range=validation.uid_range(self.uid_range),

@@ -32,9 +32,13 @@ EXECUTOR_PATH = "/usr/local/bin:/usr/bin:/bin"
 UID_RANGE = (1_900_000_000, 1_999_999_999)
 
 # -- the host service (Docker volume plugin) ---------------------------------------------------
-# What mounts a workspace on the host (the host strategy): s3fs by default, or rclone mount.
-MOUNTERS = ("s3fs", "rclone", "local")
-# How long a stop waits for a mounter that keeps writes back (rclone) to get them all into S3.
+# What mounts a workspace on the host (the host strategy). "local" (the files on the session's own
+# host filesystem, S3 synced behind them) unless a setting asks for another; the in-container
+# strategy runs the image's s3fs.
+MOUNTERS = ("s3fs", "local")
+DEFAULT_MOUNTER = "local"
+IN_CONTAINER_MOUNTER = "s3fs"
+# How long a stop (or a sync) waits for a mounter that keeps writes back (local) to get them all into S3.
 DRAIN_TIMEOUT = 300.0
 VOLUME_DRIVER = "sandbox-host"  # Docker finds it as /run/docker/plugins/<name>.sock
 PLUGIN_DIR = "/run/docker/plugins"

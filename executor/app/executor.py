@@ -81,7 +81,7 @@ def workspace_health(workspace: str) -> dict[str, object]:
     except OSError as exc:
         return {"ok": False, "workspace": workspace, "workspace_mounted": False, "fstype": None,
                 "detail": f"cannot read mountinfo: {exc}"}
-    # A FUSE mount (s3fs, rclone); or the local-first workspace's tree: a mount that arrived over
+    # A FUSE mount (s3fs); or the local-first workspace's tree: a mount that arrived over
     # the volume Docker bound there (the host mounted it after the start), or the tree itself
     # where the host mounted it before Docker bound the volume.
     if fstype is None or not (fstype.startswith("fuse") or stacked >= 2 or root == LOCAL_TREE):

@@ -396,7 +396,7 @@ class DockerBackend:
 
 def _undrained(session_id: SessionId, labels: dict[str, str]) -> str:
     """Host strategy: wait until the volume driver has drained and unmounted the workspace (a
-    mounter that writes back, rclone, uploads what is pending first); what did not reach S3."""
+    mounter that writes back, local, uploads what is pending first); what did not reach S3."""
     if not labels.get(facts.LABEL_VOLUME):
         return ""
     from ..volumed.client import call

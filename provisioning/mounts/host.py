@@ -1,6 +1,7 @@
-"""The host strategy (the default): s3fs (or rclone, ``mounter``) runs on the host, started by the sandbox-host volume
-driver (provisioning.volumed) with credentials scoped to the session's prefix, and Docker
-binds the mount into a container that holds no capability and no device."""
+"""The host strategy (the default): the workspace's mounter (``mounter``: local or s3fs) runs on
+the host, started by the sandbox-host volume driver (provisioning.volumed) with credentials
+scoped to the session's prefix, and Docker binds the mount into a container that holds no
+capability and no device."""
 
 from __future__ import annotations
 

@@ -55,7 +55,7 @@ class VolumeState:
     ephemeral: bool = False  # removed from Docker once unmounted (a swarm task's volumes)
     created: float = field(default_factory=time.time)
     mounter: str = "s3fs"  # one of facts.MOUNTERS
-    control: str = ""  # what the mounter's drain needs (rclone: its remote control's address and login)
+    control: str = ""  # what the mounter's drain needs (local: its control socket)
     undrained: str = ""  # why writes of this volume did not all reach S3 (a failed drain, files kept aside)
 
     @property
@@ -81,7 +81,7 @@ class VolumeOptions:
 
 
 def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, int]) -> VolumeOptions:
-    """``session=<id>,uid=<n>,gid=<n>[,mounter=s3fs|rclone]``; the name must be ``sandbox-ws-<id>.<uid>``
+    """``session=<id>,uid=<n>,gid=<n>[,mounter=local|s3fs]``; the name must be ``sandbox-ws-<id>.<uid>``
     (or the control volume's ``sandbox-ctl-<id>.<uid>``); the ids must lie in the sandbox range and
     belong to no host account."""
     opts = dict(opts or {})
@@ -108,7 +108,8 @@ def parse_options(name: str, opts: dict[str, Any] | None, uid_range: tuple[int, 
     ephemeral = str(opts.get("ephemeral", "false")).lower()
     if ephemeral not in ("true", "false"):
         raise validation.ValidationError("volume option ephemeral", opts.get("ephemeral"), "true or false")
-    mounter = validation.choice("volume option mounter", str(opts.get("mounter", "s3fs")), facts.MOUNTERS)
+    mounter = validation.choice("volume option mounter", str(opts.get("mounter", facts.DEFAULT_MOUNTER)),
+                                facts.MOUNTERS)
     return VolumeOptions(sid, ids[0], ids[1], WORKSPACE if name == workspace else CONTROL,
                          ephemeral == "true", mounter)
 

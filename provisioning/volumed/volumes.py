@@ -62,7 +62,7 @@ class VolumeManager:
                  mounter_for: Callable[[str], mounters.Mounter] | None = None) -> None:
         """The seams (``mint``, ``store``, ``runner``, ``staging``, ``mounter_for``) default to
         the real host's: STS, the service's S3 client, FUSE mounter processes, loop-mounted
-        staging images, s3fs and rclone."""
+        staging images, the mounters of ``mounters.make``."""
         self.settings = settings
         self.data_dir = data_dir
         self.state_dir = state_dir

@@ -1,10 +1,10 @@
-"""Workspace volumes: one FUSE mount per session (s3fs or rclone: ``mounters``) of
+"""Workspace volumes: one mount per session (the local-first tree or s3fs: ``mounters``) of
 ``BUCKET:/sessions/<id>``, with the session's own scoped credentials and a capped staging area.
 
   mount     credentials and the prefix's markers (in parallel), a staging area from the pool,
             the mounter, its mount, and a real round trip through it (the probe);
-  teardown  drain (every write in S3: s3fs has nothing pending, rclone is asked until its
-            uploads are done), unmount, wait for the mounter to exit, remove the staging area.
+  teardown  drain (every write in S3: s3fs has nothing pending, the local sync process is
+            asked until its uploads are done), unmount, wait for the mounter to exit, remove the staging area.
             A drain that fails keeps the staging area and marks the volume failed: nothing is
             deleted that did not reach S3 (files the store refuses for good go to the
             quarantine first);
@@ -195,7 +195,7 @@ class Workspaces:
     # -- teardown -----------------------------------------------------------------------------
     def teardown(self, state: VolumeState) -> bool:
         """Drain (every write in S3), unmount, wait for the mounter to exit (s3fs uploads what
-        is pending first); then the staging area. A mounter that keeps writes back (rclone,
+        is pending first); then the staging area. A mounter that keeps writes back (local,
         which has a ``control``) and cannot show them drained keeps its mount, its process and
         the staging area as they are: the volume fails with the reason, and False is returned.
         Files the store refuses for good are the exception: their bytes go to the quarantine,

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 import testinfra
 
+from provisioning import facts
 from provisioning.hostinfo import docker_client
 
 from ..netprobe import LISTENER, PROBE, blocked
@@ -115,13 +116,22 @@ def test_doctor_passes_bucket_and_image(host) -> None:
     assert checks["s3 bucket"]["ok"] and checks["executor image"]["ok"] and checks["volume driver"]["ok"]
 
 
-def test_session_mounts_its_prefix_and_round_trips(host) -> None:
-    """A session of this host's own engine (the docker backend), host strategy."""
+# What /workspace is in the container, per mounter: s3fs's FUSE mount, or the session's own
+# filesystem (the local-first default).
+WORKSPACE_FSTYPE = {"local": "ext4", "s3fs": "fuse.s3fs"}
+
+
+@pytest.mark.parametrize("mounter", ["", "s3fs"])
+def test_session_mounts_its_prefix_and_round_trips(host, mounter: str) -> None:
+    """A session of this host's own engine (the docker backend), host strategy: the default
+    mounter (local), and s3fs one setting away."""
     sid = "th" + secrets.token_hex(4)
-    created = json.loads(host.check_output(f"sandbox-host session create {sid} --egress none --json"))
+    choice = f" --mounter {mounter}" if mounter else ""
+    created = json.loads(host.check_output(f"sandbox-host session create {sid}{choice} --egress none --json"))
     try:
         mounts = host.check_output(f"docker exec {created['container_name']} cat /proc/mounts")
-        assert any(line.split()[1:3] == ["/workspace", "fuse.s3fs"] for line in mounts.splitlines()), mounts
+        fstype = WORKSPACE_FSTYPE[mounter or facts.DEFAULT_MOUNTER]
+        assert any(line.split()[1:3] == ["/workspace", fstype] for line in mounts.splitlines()), mounts
         host.check_output(f"sh -c 'echo round-trip > /tmp/{sid}.txt'")
         host.check_output(f"sandbox-host session upload {sid} /tmp/{sid}.txt --name in.txt")
         host.check_output(f"sandbox-host session exec {sid} -- sh -c 'tr a-z A-Z < uploads/in.txt > artifacts/out.txt'")
@@ -159,8 +169,9 @@ def test_swarm_formed_and_labelled(manager) -> None:
 
 def test_fleet_places_sessions_across_nodes(manager) -> None:
     ids = [f"f{i:02d}{secrets.token_hex(3)}" for i in range(12)]
-    for sid in ids:
-        created = json.loads(fleet(manager, "session", "create", sid, "--json"))
+    for n, sid in enumerate(ids):  # the default mounter (local), and s3fs
+        created = json.loads(fleet(manager, "session", "create", sid, *(["--mounter", "s3fs"] if n % 2 else []),
+                                   "--json"))
         assert created["status"] == "running" and created["node"], created
     sessions = fleet_sessions(manager)
     nodes = Counter(sessions[sid]["node"] for sid in ids)
@@ -316,6 +327,8 @@ def test_a_lost_node_shows_lost_and_the_others_keep_working(manager) -> None:
             fleet(manager, "session", "stop", sid)
         on_lost = [sid]
         fleet(manager, "session", "exec", sid, "--", "sh", "-c", f"'echo {sid} > artifacts/me.txt'")
+    for sid in on_lost:  # what a lost node's sessions keep is what reached S3 (local-first: sync)
+        fleet(manager, "session", "sync", sid)
     others = [sid for sid, s in fleet_sessions(manager).items() if s["node"] != LOST and s["status"] == "running"]
     lost_host = testinfra.get_host(f"docker://{LOST}")
     lost_host.run("systemctl stop docker.socket docker")

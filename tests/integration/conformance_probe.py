@@ -148,6 +148,21 @@ def _():
     return [os.readlink("link"), read("link").decode()]
 
 
+@check("hard link")
+def _():
+    write("h1", b"one")
+    os.link("h1", "h2")
+    write("h2", b"two", "r+b")
+    return [os.stat("h1").st_nlink, read("h1").decode()]
+
+
+@check("user xattr")
+def _():
+    write("x1", b"")
+    os.setxattr("x1", "user.tag", b"kept")
+    return os.getxattr("x1", "user.tag").decode()
+
+
 @check("utime")
 def _():
     write("u", b"")

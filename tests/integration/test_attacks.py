@@ -1,6 +1,7 @@
 """What an attacker who controls the code run in a session tries, asserted as that user code
-(and from the host where the attack is on the host side). Every test runs for both mount
-strategies against both S3 servers (moto behind our own checks, and Ceph RGW)."""
+(and from the host where the attack is on the host side). Every test runs for each way a
+workspace is mounted (the host strategy with the default mounter, local, and with s3fs; s3fs in
+the container) against both S3 servers (moto behind our own checks, and Ceph RGW)."""
 
 from __future__ import annotations
 
@@ -29,6 +30,9 @@ from ..servers.volumed import VolumeService
 from provisioning.volumed.staging import size_bytes as staging_bytes
 
 from .conftest import STAGING_SIZE, host_s3fs_pids, state_dirs
+
+pytestmark = pytest.mark.parametrize(("strategy", "mounter"),
+                                     [("host", "local"), ("host", "s3fs"), ("in-container", "s3fs")])
 
 
 def run(manager: SessionManager, sid: str, code: str, timeout: float = 120) -> dict:
@@ -161,9 +165,10 @@ def test_writing_2gb_anywhere_hits_a_cap(manager: SessionManager, settings: Sett
                                          storage: SessionStorage, volume_service: VolumeService,
                                          s3_store: Store) -> None:
     """Every path user code can write: the host's disk takes at most the session's caps. The
-    workspace is the one path backed by S3, not by the host: what exceeds s3fs's staging area
-    streams to the store (s3fs >= 1.92), so there the rule is the durability one: the write
-    fails where user code sees it, or the object is whole in S3."""
+    workspace is the one path backed by S3. With s3fs, what exceeds its staging area streams to
+    the store (s3fs >= 1.92), so there the rule is the durability one: the write fails where user
+    code sees it, or the object is whole in S3. With local, the workspace is the session's capped
+    filesystem: the write fails at the cap, and S3 holds the file as the disk does."""
     real_server_only(s3_store)
     sid = session_id()
     info = manager.create(sid)
@@ -183,10 +188,14 @@ def test_writing_2gb_anywhere_hits_a_cap(manager: SessionManager, settings: Sett
         state = json.loads(next(volume_service.state_dir().glob(f"{facts.VOLUME_PREFIX}{sid}.*.json")).read_text())
         allocated = os.stat(state["staging"]).st_blocks * 512
         assert 0 < allocated <= staging_bytes(STAGING_SIZE), allocated
+    if settings.mounter == "local":
+        on_disk = int(manager.exec(sid, argv=["stat", "-c", "%s", "artifacts/fill.bin"]).stdout)
     manager.stop(sid)
     stored = [o.size for o in storage.list(sid, "artifacts") if o.name == "fill.bin"]
     storage.client.delete_object(Bucket=settings.bucket, Key=f"sessions/{sid}/artifacts/fill.bin")
-    if code == 0:
+    if settings.mounter == "local":
+        assert code != 0 and stored == [on_disk], (message, on_disk, stored)
+    elif code == 0:
         assert stored == [2048 << 20], f"dd reported success but S3 holds {stored}"
     else:
         # A failure reported to user code may still have completed in the store (a timeout while
@@ -266,6 +275,9 @@ def test_scoped_credentials_of_the_running_mount(manager: SessionManager, settin
     import botocore.config
     import botocore.exceptions
 
+    if settings.mounter == "local":
+        pytest.skip("the local sync process takes its credentials on stdin and keeps them in memory only; "
+                    "they are minted as s3fs's are (credentials.mint), whose policy test_devstore_policy pins")
     mine, other = session_id(), session_id()
     manager.create(mine)
     manager.create(other)

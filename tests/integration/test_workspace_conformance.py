@@ -6,7 +6,6 @@ not"), so a change of behaviour, for better or worse, fails this test."""
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from pathlib import Path
@@ -33,6 +32,8 @@ LOCAL_DISK = {
     "sparse write": [1048577, True, "x"],
     "fsync": "ok",
     "symlink": ["target", "via link"],
+    "hard link": [2, "two"],
+    "user xattr": "kept",
     "utime": 1000000000,
     "chmod and stat": ["0o640", "0o755", "0o600", "0o750"],
     "workspace root mode": "0o750",  # the session's own uid, and its gid, which no one else has
@@ -56,6 +57,9 @@ LIMITATIONS: dict[str, object] = {
     "truncate by path": "OSError: [Errno 95] Operation not supported: 't1'",
     # A directory that exists only as the prefix of a key put from outside: s3fs shows a 1969 mtime.
     "directory made only by a key below it": False,
+    # No hard links and no extended attributes (s3fs answers EOPNOTSUPP).
+    "hard link": "OSError: [Errno 95] Operation not supported: 'h1' -> 'h2'",
+    "user xattr": "OSError: [Errno 95] Operation not supported: 'x1'",
 }
 # The embedded endpoint (moto) alone: a key with a newline is not stored, and the close fails.
 EMBEDDED_ENDPOINT_LIMITATIONS: dict[str, object] = {"file name with a newline": "ENOENT"}
@@ -89,42 +93,6 @@ def probe_matches(manager: SessionManager, storage: SessionStorage, expected: di
 def test_workspace_conformance(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
     probe_matches(manager, storage, {**LOCAL_DISK, **LIMITATIONS,
                                      **(EMBEDDED_ENDPOINT_LIMITATIONS if s3_store.name == "moto" else {})})
-
-
-# rclone mount (Debian's 1.60, mounter = "rclone"), where it is not a local disk's, as observed;
-# docs/operations.md ("s3fs or rclone") explains each, and why s3fs stays the default.
-RCLONE_LIMITATIONS: dict[str, object] = {
-    # The executor's syscall filter refuses truncate(2) whatever the mounter (as for s3fs).
-    "truncate by path": "OSError: [Errno 95] Operation not supported: 't1'",
-    # A directory renamed while files in it wait for their upload: those files read empty (size
-    # 0) until the upload lands (a second or two later; S3 gets the right bytes). Code that
-    # renames a fresh directory and rewrites a file in it from what it reads loses that file.
-    "rename a directory": [["a", "b", "sub/c"], False, ""],
-    # No symbolic links (rclone mount 1.60 has none), so no venv either (it links bin/python).
-    "symlink": "OSError: [Errno 5] Input/output error: 'target' -> 'link'",
-    "venv": "CalledProcessError: Command '['python3', '-m', 'venv', '--without-pip', 'venv']' "
-            "returned non-zero exit status 1.",
-    # Modes do not stick: every file reads 0600 and every directory 0700 (chmod succeeds).
-    "chmod and stat": ["0o600", "0o600", "0o600", "0o700"],
-    "workspace root mode": "0o700",
-}
-
-
-@pytest.mark.parametrize("strategy", ["host"])
-@pytest.mark.parametrize("mounter", ["rclone"])
-def test_workspace_conformance_with_rclone(manager: SessionManager, storage: SessionStorage, s3_store: Store) -> None:
-    assert manager.settings.mounter == "rclone"
-    sid = probe_matches(manager, storage, {**LOCAL_DISK, **RCLONE_LIMITATIONS})
-    if s3_store.name == "moto":
-        # The embedded endpoint cannot store a key with a newline: rclone keeps the file in its
-        # cache and retries; a stop now would keep its bytes aside and fail naming it (as
-        # test_sessions shows). Once the file is removed, nothing is left unsent.
-        time.sleep(3)
-        keys = [o["Key"] for o in storage.client.list_objects_v2(
-            Bucket=storage.settings.bucket, Prefix=f"{facts.session_prefix(sid)}/").get("Contents", [])]
-        assert not any("\n" in key for key in keys)
-        assert manager.exec(sid, argv=["rm", "conformance/a\nb"]).exit_code == 0
-    assert manager.stop(sid, timeout=10) == 0  # every other write reached S3
 
 
 @pytest.mark.parametrize("strategy", ["host"])

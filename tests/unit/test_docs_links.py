@@ -116,7 +116,7 @@ def test_the_check_sees_the_links_it_checks() -> None:
 
 @pytest.mark.parametrize(("heading", "anchor"), [
     ("What a session can reach", "what-a-session-can-reach"),
-    ("s3fs or rclone", "s3fs-or-rclone"),
+    ("The local-first workspace (mounter `local`)", "the-local-first-workspace-mounter-local"),
     ("The volume service: restarts, upgrades and a dying s3fs",
      "the-volume-service-restarts-upgrades-and-a-dying-s3fs"),
     ("A fleet (Docker Swarm)", "a-fleet-docker-swarm"),

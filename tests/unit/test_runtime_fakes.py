@@ -288,34 +288,30 @@ def test_volume_options_are_checked_at_the_driver() -> None:
         with pytest.raises(ValidationError, match=field):
             volumes.parse_options(name, opts, rng)
     ws = {"session": "abc", "uid": "1900000005", "gid": "1900000005"}
-    assert volumes.parse_options("sandbox-ws-abc.1900000005", ws, rng).mounter == "s3fs"
-    assert volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": "rclone"}, rng).mounter == "rclone"
-    with pytest.raises(ValidationError, match="mounter"):
-        volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": "goofys"}, rng)
+    assert volumes.parse_options("sandbox-ws-abc.1900000005", ws, rng).mounter == "local"
+    assert volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": "s3fs"}, rng).mounter == "s3fs"
+    for retired in ("goofys", "rclone"):
+        with pytest.raises(ValidationError, match="mounter"):
+            volumes.parse_options("sandbox-ws-abc.1900000005", {**ws, "mounter": retired}, rng)
 
 
-def test_rclone_command_keeps_secrets_out_of_argv_and_stages_on_the_session_area(tmp_path: Path) -> None:
+def test_local_command_keeps_secrets_out_of_argv_and_keeps_its_tree_on_the_session_area(tmp_path: Path) -> None:
     from provisioning.config import Credentials
-    from provisioning.volumed.mounters import MountTarget, RcloneMounter
+    from provisioning.volumed.mounters import LocalMounter, MountTarget
     from provisioning.volumed.staging import Staging
 
     staging = Staging(tmp_path / "s.img", tmp_path / "s")
-    staging.mountpoint.mkdir()
     target = MountTarget(session_id("abc"), tmp_path / "ws", 1900000005, 1900000005, staging, 1 << 30)
     creds = Credentials("ASIAKEY", "secret-key", "token-xyz")
-    command = RcloneMounter("/usr/bin/rclone").command(SETTINGS.validated(), target, creds)
-    argv = " ".join(command.argv)
-    for secret in ("ASIAKEY", "secret-key", "token-xyz", json.loads(command.control)["pass"]):
-        assert secret not in argv and secret not in repr(command)
-    assert command.argv[:4] == ["/usr/bin/rclone", "mount", "ws:fake-bucket/sessions/abc", str(tmp_path / "ws")]
-    flags = dict(itertools.pairwise(command.argv[4:]))
-    assert flags["--cache-dir"] == str(staging.mountpoint / "rclone") and (staging.mountpoint / "rclone").is_dir()
-    assert flags["--uid"] == flags["--gid"] == "1900000005" and flags["--umask"] == "077"
-    assert int(flags["--vfs-cache-max-size"]) < 1 << 30 and flags["--vfs-cache-mode"] == "full"
-    assert "--default-permissions" in command.argv
-    assert flags["--rc-addr"].startswith("127.0.0.1:")
-    assert command.env["RCLONE_CONFIG_WS_SESSION_TOKEN"] == "token-xyz"
-    assert command.env["RCLONE_CONFIG_WS_ENDPOINT"] == "http://127.0.0.1:9"
+    command = LocalMounter().command(SETTINGS.validated(), target, creds)
+    for secret in ("ASIAKEY", "secret-key", "token-xyz"):
+        assert secret not in " ".join(command.argv) and secret not in command.control and secret not in repr(command)
+    assert command.env["AWS_SESSION_TOKEN"] == "token-xyz" and command.env["AWS_ACCESS_KEY_ID"] == "ASIAKEY"
+    flags = dict(itertools.pairwise(command.argv[command.argv.index("--endpoint"):]))
+    assert flags["--bucket"] == "fake-bucket" and flags["--prefix"] == "sessions/abc"
+    assert flags["--uid"] == flags["--gid"] == "1900000005"
+    assert flags["--source"] == json.loads(command.control)["source"] == str(staging.mountpoint / "ws")
+    assert flags["--control"] == json.loads(command.control)["socket"] == str(staging.mountpoint / "sync.sock")
 
 
 def test_the_plugin_protocol_answers_docker(tmp_path: Path) -> None:

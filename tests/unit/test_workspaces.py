@@ -117,12 +117,12 @@ class FakeStore:
 @dataclass
 class FakeMounter:
     """A mounter whose process is ``argv``; with ``control``, it keeps writes back until drained
-    (as rclone does), and ``drain`` does what ``drains`` says."""
+    (as the local sync process does), and ``drain`` does what ``drains`` says."""
 
     argv: list[str] = field(default_factory=lambda: list(SLEEPER))
     control: str = ""
     drains: str = "ok"  # ok | fail | held
-    name: str = "s3fs"
+    name: str = "local"
     targets: list[tuple[MountTarget, Credentials]] = field(default_factory=list)
     drained: int = 0
     synced: int = 0
@@ -274,7 +274,7 @@ def test_a_mounter_that_dies_while_mounted_fails_its_volume(host: Host) -> None:
     manager, ref = mounted(host)
     host.runner.procs[manager.mountpoint(NAME)].kill()
     poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
-    assert manager.get(NAME).error.startswith("s3fs exited (status -9) while mounted")
+    assert manager.get(NAME).error.startswith("local exited (status -9) while mounted")
     assert saved_status(host) == "failed"
 
 
@@ -323,7 +323,7 @@ def test_an_adopted_mounter_is_watched_by_the_new_instance(host: Host) -> None:
     host.runner.procs[second.mountpoint(NAME)].kill()
     poll_until(lambda: second.get(NAME).status == "failed" or None, 5, AssertionError)
     assert second.get(NAME).error.startswith(
-        "s3fs exited (status unknown: a previous instance started it) while mounted")
+        "local exited (status unknown: a previous instance started it) while mounted")
 
 
 def test_a_mounter_that_died_while_the_service_was_down_fails_its_volume(host: Host) -> None:
@@ -334,7 +334,7 @@ def test_a_mounter_that_died_while_the_service_was_down_fails_its_volume(host: H
     proc.wait()
     second = host.service()
     assert second.get(NAME).status == "failed"
-    assert second.get(NAME).error == "s3fs ended while the volume service was not running"
+    assert second.get(NAME).error == "local ended while the volume service was not running"
 
 
 def test_a_volume_left_mounting_fails_and_gives_its_staging_area_back(host: Host) -> None:
@@ -363,7 +363,7 @@ def test_a_sync_asks_the_mounter_of_each_live_workspace_of_the_session(host: Hos
         manager.sync(SID, 5)
     host.runner.procs[manager.mountpoint(NAME)].kill()
     poll_until(lambda: manager.get(NAME).status == "failed" or None, 5, AssertionError)
-    with pytest.raises(VolumeError, match=f"the workspace {NAME} is failed: s3fs exited"):
+    with pytest.raises(VolumeError, match=f"the workspace {NAME} is failed: local exited"):
         manager.sync(SID, 5)
 
 
